@@ -113,6 +113,18 @@ def _dtype(name: str) -> torch.dtype:
     return allowed[name]
 
 
+def measure_seconds(fn, min_run_time: float = 0.2) -> float:
+    """Median seconds of one call of ``fn()``, timed by ``torch.utils.benchmark``.
+
+    It warms up, repeats until ``min_run_time`` has passed, synchronises CUDA and
+    uses the thread count torch is set to: the details a hand-rolled loop gets wrong.
+    """
+    if min_run_time <= 0:
+        raise ValueError(f"min_run_time must be positive, got {min_run_time}")
+    timer = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median
+
+
 def measure_matmul(n: int, dtype: str = "float32", dev: torch.device | None = None,
                    min_run_time: float = 0.2) -> float:
     """Measured FLOP/s of an n x n x n matmul on ``dev`` (median of repeated runs)."""
@@ -121,9 +133,7 @@ def measure_matmul(n: int, dtype: str = "float32", dev: torch.device | None = No
     dev = dev or _device.device()
     a = torch.randn(n, n, device=dev, dtype=_dtype(dtype))
     b = torch.randn(n, n, device=dev, dtype=_dtype(dtype))
-    timer = benchmark.Timer("a @ b", globals={"a": a, "b": b}, num_threads=torch.get_num_threads())
-    seconds = timer.blocked_autorange(min_run_time=min_run_time).median
-    return matmul_flops(n, n, n) / seconds
+    return matmul_flops(n, n, n) / measure_seconds(lambda: a @ b, min_run_time)
 
 
 def measure_bandwidth(n_bytes: int = 256 * 2**20, dev: torch.device | None = None,
@@ -134,10 +144,7 @@ def measure_bandwidth(n_bytes: int = 256 * 2**20, dev: torch.device | None = Non
     dev = dev or _device.device()
     src = torch.empty(n_bytes // 4, dtype=torch.float32, device=dev).uniform_()
     dst = torch.empty_like(src)
-    timer = benchmark.Timer("dst.copy_(src)", globals={"src": src, "dst": dst},
-                            num_threads=torch.get_num_threads())
-    seconds = timer.blocked_autorange(min_run_time=min_run_time).median
-    return 2 * src.numel() * 4 / seconds
+    return 2 * src.numel() * 4 / measure_seconds(lambda: dst.copy_(src), min_run_time)
 
 
 @dataclass

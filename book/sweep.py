@@ -18,10 +18,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import torch
+
 from book import device as _device
 from book.data import TokenDataset
-from book.model import GPTConfig
-from book.storage import write_json_atomic
+from book.model import GPT, GPTConfig
+from book.storage import save_torch_atomic, write_json_atomic
 from book.train import TrainConfig, train
 
 # The modules whose code decides a run's numbers.
@@ -62,13 +64,15 @@ def default_results_dir() -> Path:
 
 
 def run_sweep(runs: list[Run], data: TokenDataset, sweep: str, *, results_dir: Path | None = None,
-              progress: bool = True, checkpoint_every: int | None = None, on_run=None) -> list[dict]:
+              progress: bool = True, checkpoint_every: int | None = None, keep_models: bool = False,
+              on_run=None) -> list[dict]:
     """Train every run not finished yet; return all runs' results (dicts), in the order given.
 
     Results live in ``results_dir / sweep`` (default: the cache folder). A run
     saves a checkpoint every ``checkpoint_every`` steps (default: a tenth of
-    its steps) and resumes from it after an interruption. ``on_run(run, result)``
-    is called after each run, trained or loaded.
+    its steps) and resumes from it after an interruption. With ``keep_models``
+    the trained weights are stored too (``load_model`` reads them back).
+    ``on_run(run, result)`` is called after each run, trained or loaded.
     """
     if not runs:
         raise ValueError("runs must not be empty")
@@ -83,7 +87,8 @@ def run_sweep(runs: list[Run], data: TokenDataset, sweep: str, *, results_dir: P
     for i, run in enumerate(runs):
         key = run_key(run, data.name)
         path = folder / f"{run.name}-{key}.json"
-        if path.exists():
+        weights = path.with_suffix(".pt")
+        if path.exists() and (weights.exists() or not keep_models):
             result = json.loads(path.read_text())
         else:
             checkpoint = path.with_suffix(".ckpt")
@@ -92,8 +97,10 @@ def run_sweep(runs: list[Run], data: TokenDataset, sweep: str, *, results_dir: P
                             desc=f"{sweep} {i + 1}/{len(runs)} {run.name}",
                             checkpoint_path=checkpoint, checkpoint_every=every)
             result = trained.to_dict() | {
-                "run": run.name, "sweep": sweep, "key": key, "code_version": code_version(),
+                "run": run.name, "sweep": sweep, "key": key, "path": str(path), "code_version": code_version(),
                 "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            if keep_models:  # weights first: a result file promises its weights are there
+                save_torch_atomic(weights, trained.model.state_dict())
             write_json_atomic(path, result)
             checkpoint.unlink(missing_ok=True)
         if on_run is not None:
@@ -107,3 +114,13 @@ def stale_results(runs: list[Run], data: TokenDataset, sweep: str, results_dir: 
     folder = Path(results_dir or default_results_dir()) / sweep
     current = {f"{r.name}-{run_key(r, data.name)}.json" for r in runs}
     return sorted(p for p in folder.glob("*.json") if p.name not in current)
+
+
+def load_model(result: dict, dev=None) -> GPT:
+    """The trained model of a sweep result stored with ``keep_models=True``."""
+    weights = Path(result["path"]).with_suffix(".pt")
+    if not weights.exists():
+        raise ValueError(f"no stored weights for run {result['run']!r}: run the sweep with keep_models=True")
+    model = GPT(GPTConfig(**result["model_config"]))
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return model.to(dev or _device.device()).eval()

@@ -85,3 +85,14 @@ def test_key_depends_on_dataset_and_code(monkeypatch, ds):
 def test_bad_sweep_input_raises(call, match, ds):
     with pytest.raises(ValueError, match=match):
         call(ds)
+
+
+def test_kept_model_reloads_with_the_same_loss(book_cache, tmp_path, ds):
+    from book.train import evaluate
+    result = sweep.run_sweep(_runs()[:1], ds, "keep", results_dir=tmp_path, progress=False, keep_models=True)[0]
+    model = sweep.load_model(result)
+    tcfg = result["train_config"]
+    assert evaluate(model, ds.val, tcfg["batch_size"], tcfg["eval_batches"]) == pytest.approx(result["final_val_loss"])
+    plain = sweep.run_sweep(_runs()[1:2], ds, "keep", results_dir=tmp_path, progress=False)[0]
+    with pytest.raises(ValueError, match="keep_models"):
+        sweep.load_model(plain)
