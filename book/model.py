@@ -216,3 +216,22 @@ def flops_per_token(cfg: GPTConfig, training: bool = False, context: bool = True
     if unembedding:
         forward += 2 * cfg.d_model * cfg.vocab_size
     return 3 * forward if training else forward
+
+
+def layer_matmuls(cfg: GPTConfig, batch_size: int) -> dict[str, tuple[int, int, int, int]]:
+    """The matrix products of one transformer layer's forward pass on ``batch_size`` sequences.
+
+    Each entry is ``(m, n, k, count)``: ``count`` products of (m x k) @ (k x n). The
+    weight matmuls act on all ``batch_size * n_ctx`` token rows at once; the attention
+    scores QK^T are one n_ctx x d_head x n_ctx product per sequence and head.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    d, f, rows = cfg.d_model, cfg.d_ff, batch_size * cfg.n_ctx
+    return {
+        "QKV projection": (rows, 3 * d, d, 1),
+        "attention output": (rows, d, d, 1),
+        "MLP up": (rows, f, d, 1),
+        "MLP down": (rows, d, f, 1),
+        "attention scores": (cfg.n_ctx, cfg.n_ctx, cfg.d_head, batch_size * cfg.n_head),
+    }

@@ -108,3 +108,15 @@ def test_too_long_input_raises():
     cfg = CONFIGS[0]
     with pytest.raises(ValueError, match="n_ctx"):
         GPT(cfg)(torch.zeros(1, cfg.n_ctx + 1, dtype=torch.long))
+
+
+def test_layer_matmuls_cover_the_weight_matrices():
+    from book.model import layer_matmuls
+    cfg = CONFIGS[1]
+    ops = layer_matmuls(cfg, batch_size=2)
+    weights = sum(n * k for name, (m, n, k, c) in ops.items() if name != "attention scores")
+    assert weights * cfg.n_layer == kaplan_params(cfg)  # 2 d (2 d + d_ff) per layer: the matrices Kaplan counts
+    m, n, k, count = ops["attention scores"]
+    assert (m, n, k, count) == (cfg.n_ctx, cfg.n_ctx, cfg.d_head, 2 * cfg.n_head)
+    with pytest.raises(ValueError, match="batch_size"):
+        layer_matmuls(cfg, 0)
