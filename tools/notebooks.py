@@ -35,6 +35,8 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the course library, installed or not
+from book.device import cpu_model  # noqa: E402
 CELL_TIMEOUT_S = 600
 BUDGET_S = {"lessons": 120, "solutions": 60}  # per notebook, by top-level folder
 SUITE_BUDGET_S = 20 * 60
@@ -145,16 +147,6 @@ class Machine:
     label: str  # key of this machine's section in BENCHMARKS.md, e.g. cpu-2-cores
     title: str
     details: list[str]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def describe_machine() -> Machine:
