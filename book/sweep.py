@@ -28,6 +28,8 @@ from book.train import TrainConfig, train
 
 # The modules whose code decides a run's numbers.
 _VERSIONED_MODULES = ("model.py", "train.py", "data.py")
+# Bumped when the layout of a result file changes, so old files are not read as new ones.
+RESULT_FORMAT = 2
 
 
 def code_version() -> str:
@@ -55,7 +57,7 @@ class Run:
 
 def run_key(run: Run, dataset: str) -> str:
     spec = {"model": run.model.to_dict(), "train": run.train.to_dict(), "dataset": dataset,
-            "code": code_version()}
+            "code": code_version(), "format": RESULT_FORMAT}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -97,7 +99,7 @@ def run_sweep(runs: list[Run], data: TokenDataset, sweep: str, *, results_dir: P
                             desc=f"{sweep} {i + 1}/{len(runs)} {run.name}",
                             checkpoint_path=checkpoint, checkpoint_every=every)
             result = trained.to_dict() | {
-                "run": run.name, "sweep": sweep, "key": key, "path": str(path), "code_version": code_version(),
+                "run": run.name, "sweep": sweep, "key": key, "file": path.name, "code_version": code_version(),
                 "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
             if keep_models:  # weights first: a result file promises its weights are there
                 save_torch_atomic(weights, trained.model.state_dict())
@@ -116,9 +118,9 @@ def stale_results(runs: list[Run], data: TokenDataset, sweep: str, results_dir: 
     return sorted(p for p in folder.glob("*.json") if p.name not in current)
 
 
-def load_model(result: dict, dev=None) -> GPT:
-    """The trained model of a sweep result stored with ``keep_models=True``."""
-    weights = Path(result["path"]).with_suffix(".pt")
+def load_model(result: dict, dev=None, results_dir: Path | None = None) -> GPT:
+    """The trained model of a sweep result stored with ``keep_models=True`` (in ``results_dir``)."""
+    weights = (Path(results_dir or default_results_dir()) / result["sweep"] / result["file"]).with_suffix(".pt")
     if not weights.exists():
         raise ValueError(f"no stored weights for run {result['run']!r}: run the sweep with keep_models=True")
     model = GPT(GPTConfig(**result["model_config"]))

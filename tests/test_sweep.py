@@ -90,9 +90,9 @@ def test_bad_sweep_input_raises(call, match, ds):
 def test_kept_model_reloads_with_the_same_loss(book_cache, tmp_path, ds):
     from book.train import evaluate
     result = sweep.run_sweep(_runs()[:1], ds, "keep", results_dir=tmp_path, progress=False, keep_models=True)[0]
-    model = sweep.load_model(result)
+    model = sweep.load_model(result, results_dir=tmp_path)
     tcfg = result["train_config"]
     assert evaluate(model, ds.val, tcfg["batch_size"], tcfg["eval_batches"]) == pytest.approx(result["final_val_loss"])
     plain = sweep.run_sweep(_runs()[1:2], ds, "keep", results_dir=tmp_path, progress=False)[0]
     with pytest.raises(ValueError, match="keep_models"):
-        sweep.load_model(plain)
+        sweep.load_model(plain, results_dir=tmp_path)
