@@ -26,6 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from book.moe import ROUTINGS, MoE, active_params, moe_params
+
 
 @dataclass(frozen=True)
 class GPTConfig:
@@ -38,6 +40,14 @@ class GPTConfig:
     bias: bool = True
     tie_embeddings: bool = True
     dropout: float = 0.0
+    # Mixture of experts (book.moe): 0 experts keeps every MLP dense.
+    n_experts: int = 0
+    moe_every: int = 1  # 1: every layer's MLP is an MoE; 2: every other one (layers 1, 3, ...; GShard, Switch)
+    expert_k: int = 2  # experts per token (for expert choice: on average)
+    capacity_factor: float | None = None  # None: no token-slot is dropped
+    routing: str = "token_choice"  # or "expert_choice" (not causal: see book.moe.expert_choice_routing)
+    aux_loss_coef: float = 0.01  # weight of Switch's load-balancing loss
+    z_loss_coef: float = 0.001  # weight of ST-MoE's router z-loss
 
     def __post_init__(self):
         for name in ("n_layer", "d_model", "n_head", "n_ctx", "vocab_size"):
@@ -52,10 +62,32 @@ class GPTConfig:
             raise ValueError(f"d_ff must be a positive int or None (meaning 4*d_model), got {self.d_ff!r}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not isinstance(self.n_experts, int) or isinstance(self.n_experts, bool) or self.n_experts < 0:
+            raise ValueError(f"n_experts must be a non-negative int (0: dense), got {self.n_experts!r}")
+        if not isinstance(self.moe_every, int) or isinstance(self.moe_every, bool) or self.moe_every <= 0:
+            raise ValueError(f"moe_every must be a positive int (1: every layer, 2: every other), "
+                             f"got {self.moe_every!r}")
+        if self.n_experts and not (isinstance(self.expert_k, int) and 1 <= self.expert_k <= self.n_experts):
+            raise ValueError(f"expert_k must be an int in [1, n_experts={self.n_experts}], got {self.expert_k!r}")
+        if self.capacity_factor is not None and not self.capacity_factor > 0:
+            raise ValueError(f"capacity_factor must be positive or None, got {self.capacity_factor}")
+        if self.routing not in ROUTINGS:
+            raise ValueError(f"routing must be one of {ROUTINGS}, got {self.routing!r}")
+        if self.aux_loss_coef < 0 or self.z_loss_coef < 0:
+            raise ValueError(f"aux_loss_coef and z_loss_coef must be >= 0, got {self.aux_loss_coef}, "
+                             f"{self.z_loss_coef}")
 
     @property
     def d_head(self) -> int:
         return self.d_model // self.n_head
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """Whether block ``layer`` (0-based) has an MoE instead of a dense MLP."""
+        return self.n_experts > 0 and (layer + 1) % self.moe_every == 0
+
+    @property
+    def n_moe_layers(self) -> int:
+        return sum(self.is_moe_layer(layer) for layer in range(self.n_layer))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -93,12 +125,16 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: GPTConfig, layer: int = 0):
         super().__init__()
         self.ln_attn = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
         self.attn = CausalSelfAttention(cfg)
         self.ln_mlp = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
-        self.mlp = MLP(cfg)
+        if cfg.is_moe_layer(layer):
+            self.mlp = MoE(cfg.d_model, cfg.d_ff, cfg.n_experts, cfg.expert_k, cfg.capacity_factor,
+                           bias=cfg.bias, routing=cfg.routing)
+        else:
+            self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -113,7 +149,7 @@ class GPT(nn.Module):
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.position_embedding = nn.Embedding(cfg.n_ctx, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layer))
         self.ln_final = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
@@ -122,7 +158,7 @@ class GPT(nn.Module):
         # GPT-2: scale the projections that write into the residual stream by 1/sqrt(2 n_layer),
         # so the stream's variance does not grow with depth at initialisation.
         for name, p in self.named_parameters():
-            if name.endswith(("attn.proj.weight", "mlp.down.weight")):
+            if name.endswith(("attn.proj.weight", "mlp.down.weight", "mlp.experts.w_down")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
     @staticmethod
@@ -149,6 +185,17 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss
 
+    def auxiliary_loss(self) -> torch.Tensor | float:
+        """The MoE layers' weighted load-balancing and z-losses from the last forward; 0 for a dense model.
+
+        Training minimises ``loss + model.auxiliary_loss()``; the reported loss stays the cross-entropy.
+        """
+        cfg, total = self.config, 0.0
+        for block in self.blocks:
+            if isinstance(block.mlp, MoE):
+                total = total + cfg.aux_loss_coef * block.mlp.aux_loss + cfg.z_loss_coef * block.mlp.z_loss
+        return total
+
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -170,15 +217,25 @@ class GPT(nn.Module):
 # --------------------------------------------------------------------------- counting
 
 
-def param_breakdown(cfg: GPTConfig) -> dict[str, int]:
-    """Exact parameter count of ``GPT(cfg)`` by component (all layers together)."""
+def param_breakdown(cfg: GPTConfig, active: bool = False) -> dict[str, int]:
+    """Exact parameter count of ``GPT(cfg)`` by component (all layers together).
+
+    With ``active``, an MoE layer counts only what one token uses: k experts and the router.
+    """
     d, f, L, b = cfg.d_model, cfg.d_ff, cfg.n_layer, int(cfg.bias)
     layer_norm = d + b * d  # weight, and bias when cfg.bias
+    n_moe = cfg.n_moe_layers
+    if n_moe and active:
+        moe_layer = active_params(d, f, cfg.n_experts, cfg.expert_k, cfg.bias)
+    elif n_moe:
+        moe_layer = moe_params(d, f, cfg.n_experts, cfg.bias)
+    else:
+        moe_layer = 0
     return {
         "token_embedding": cfg.vocab_size * d,
         "position_embedding": cfg.n_ctx * d,
         "attention": L * (3 * d * d + b * 3 * d + d * d + b * d),  # qkv and output projection
-        "mlp": L * (d * f + b * f + f * d + b * d),
+        "mlp": (L - n_moe) * (d * f + b * f + f * d + b * d) + n_moe * moe_layer,  # MoE: experts, router
         "layer_norms": L * 2 * layer_norm + layer_norm,  # two per block, one final
         "lm_head": 0 if cfg.tie_embeddings else cfg.vocab_size * d,
     }
@@ -187,9 +244,12 @@ def param_breakdown(cfg: GPTConfig) -> dict[str, int]:
 EMBEDDING_PARTS = ("token_embedding", "position_embedding", "lm_head")
 
 
-def count_params(cfg: GPTConfig, embedding: bool = True) -> int:
-    """Parameters of ``GPT(cfg)``; with ``embedding=False``, Kaplan's N (no embedding matrices)."""
-    parts = param_breakdown(cfg)
+def count_params(cfg: GPTConfig, embedding: bool = True, active: bool = False) -> int:
+    """Parameters of ``GPT(cfg)``; with ``embedding=False``, Kaplan's N (no embedding matrices).
+
+    With ``active``, MoE layers count the parameters one token uses (k experts and the router).
+    """
+    parts = param_breakdown(cfg, active=active)
     if not embedding:
         parts = {k: v for k, v in parts.items() if k not in EMBEDDING_PARTS}
     return sum(parts.values())
@@ -210,7 +270,7 @@ def flops_per_token(cfg: GPTConfig, training: bool = False, context: bool = True
     out the output layer (2 d V) unless ``unembedding`` is set, and the
     attention-weighted sum of values, softmax, norms and biases' adds.
     """
-    forward = 2 * count_params(cfg, embedding=False)
+    forward = 2 * count_params(cfg, embedding=False, active=True)  # an MoE token runs k experts, not all
     if context:
         forward += 2 * cfg.n_layer * cfg.n_ctx * cfg.d_model
     if unembedding:

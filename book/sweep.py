@@ -27,7 +27,7 @@ from book.storage import save_torch_atomic, write_json_atomic
 from book.train import TrainConfig, train
 
 # The modules whose code decides a run's numbers.
-_VERSIONED_MODULES = ("model.py", "train.py", "data.py")
+_VERSIONED_MODULES = ("model.py", "moe.py", "train.py", "data.py")
 # Bumped when the layout of a result file changes, so old files are not read as new ones.
 RESULT_FORMAT = 2
 

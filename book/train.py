@@ -200,7 +200,8 @@ def train(model_config: GPTConfig, train_config: TrainConfig, data: TokenDataset
         for x, y in zip(xs.split(micro), ys.split(micro)):
             with _autocast(dev):
                 _, loss = model(x, y)
-            (loss / tcfg.grad_accum).backward()
+            # MoE layers add their load-balancing and z-losses; the logged loss stays the cross-entropy.
+            ((loss + model.auxiliary_loss()) / tcfg.grad_accum).backward()
             step_loss += loss.item() / tcfg.grad_accum
         if tcfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)

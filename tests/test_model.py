@@ -120,3 +120,28 @@ def test_layer_matmuls_cover_the_weight_matrices():
     assert (m, n, k, count) == (cfg.n_ctx, cfg.n_ctx, cfg.d_head, 2 * cfg.n_head)
     with pytest.raises(ValueError, match="batch_size"):
         layer_matmuls(cfg, 0)
+
+
+@pytest.mark.parametrize("moe_every", [1, 2])
+def test_moe_config_counts_are_exact(moe_every):
+    from book.moe import MoE
+    cfg = GPTConfig(n_layer=4, d_model=32, n_head=4, n_ctx=16, vocab_size=20, n_experts=4, expert_k=2,
+                    moe_every=moe_every)
+    model = GPT(cfg)
+    assert sum(isinstance(b.mlp, MoE) for b in model.blocks) == cfg.n_moe_layers == 4 // moe_every
+    assert count_params(cfg) == sum(p.numel() for p in model.parameters())
+    assert count_params(cfg, active=True) < count_params(cfg)
+    dense = GPTConfig(n_layer=4, d_model=32, n_head=4, n_ctx=16, vocab_size=20)
+    # a token's work in an MoE model with k=2 of 4 experts: 2 expert MLPs per MoE layer, plus the router
+    assert flops_per_token(cfg, context=False) > flops_per_token(dense, context=False)
+    idx = torch.randint(0, 20, (2, 16))
+    _, loss = model(idx, idx)
+    (loss + model.auxiliary_loss()).backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if "router" in n)
+
+
+def test_bad_moe_config_raises():
+    with pytest.raises(ValueError, match="expert_k"):
+        GPTConfig(n_layer=1, d_model=8, n_head=1, n_ctx=4, vocab_size=5, n_experts=2, expert_k=3)
+    with pytest.raises(ValueError, match="routing"):
+        GPTConfig(n_layer=1, d_model=8, n_head=1, n_ctx=4, vocab_size=5, n_experts=2, routing="random")
