@@ -9,6 +9,7 @@ each with its source, for the back-of-the-envelope sums of later chapters.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -218,3 +219,29 @@ def timed(fn, *args, **kwargs):
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return out, time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------- the cost of a training run
+
+# Model FLOPs utilisation of PaLM 540B training on TPU v4 (Chowdhery et al. 2022, Table 3).
+PALM_540B_MFU = 0.462
+
+
+def training_flops(n_params: float, n_tokens: float) -> float:
+    """C = 6 N D: 2 FLOPs per parameter per token forward, twice that backward (Kaplan et al. 2020)."""
+    for name, value in (("n_params", n_params), ("n_tokens", n_tokens)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or math.isinf(value):
+            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return 6.0 * n_params * n_tokens
+
+
+def accelerator_hours(flops: float, peak_flops_per_s: float, mfu: float = PALM_540B_MFU) -> float:
+    """Hours one accelerator of peak ``peak_flops_per_s`` needs for ``flops`` at utilisation ``mfu``
+    (the fraction of the peak that training achieves; 1 means the impossible 100 %)."""
+    if not isinstance(flops, (int, float)) or isinstance(flops, bool) or not flops >= 0 or math.isinf(flops):
+        raise ValueError(f"flops must be a non-negative finite number, got {flops!r}")
+    if not isinstance(peak_flops_per_s, (int, float)) or not peak_flops_per_s > 0:
+        raise ValueError(f"peak_flops_per_s must be positive, got {peak_flops_per_s!r}")
+    if not isinstance(mfu, (int, float)) or not 0 < mfu <= 1:
+        raise ValueError(f"mfu must be in (0, 1], got {mfu!r}")
+    return flops / (peak_flops_per_s * mfu) / 3600.0

@@ -35,7 +35,7 @@ import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from book import device as _device
-from book import hardware
+from book import hardware, sweep
 from book.model import Block, GPTConfig
 from book.storage import write_json_atomic
 
@@ -300,10 +300,7 @@ def measure(setup: Setup | None = None, dev: torch.device | None = None, min_run
 
 def code_version() -> str:
     """A short hash of the code that decides the measurement: this module and the model's."""
-    digest = hashlib.sha256()
-    for name in ("parallelism.py", "model.py"):
-        digest.update((Path(__file__).parent / name).read_bytes())
-    return digest.hexdigest()[:12]
+    return sweep.code_version(("parallelism.py", "model.py"))
 
 
 def cache_key(setup: Setup, dev: torch.device) -> dict:
@@ -335,29 +332,3 @@ def load_or_measure(setup: Setup | None = None, dev: torch.device | None = None,
     result = measure(setup, dev, min_run_time)
     write_json_atomic(path, result)
     return json.loads(path.read_text())
-
-
-# --------------------------------------------------------------------------- compute at scale
-
-# Model FLOPs utilisation of PaLM 540B training on TPU v4 (Chowdhery et al. 2022, Table 3).
-PALM_540B_MFU = 0.462
-
-
-def training_flops(n_params: float, n_tokens: float) -> float:
-    """C = 6 N D: 2 FLOPs per parameter per token forward, twice that backward (Kaplan et al. 2020)."""
-    for name, value in (("n_params", n_params), ("n_tokens", n_tokens)):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or math.isinf(value):
-            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return 6.0 * n_params * n_tokens
-
-
-def accelerator_hours(flops: float, peak_flops_per_s: float, mfu: float = PALM_540B_MFU) -> float:
-    """Hours one accelerator of peak ``peak_flops_per_s`` needs for ``flops`` at utilisation ``mfu``
-    (the fraction of the peak that training achieves; 1 means the impossible 100 %)."""
-    if not isinstance(flops, (int, float)) or isinstance(flops, bool) or not flops >= 0 or math.isinf(flops):
-        raise ValueError(f"flops must be a non-negative finite number, got {flops!r}")
-    if not isinstance(peak_flops_per_s, (int, float)) or not peak_flops_per_s > 0:
-        raise ValueError(f"peak_flops_per_s must be positive, got {peak_flops_per_s!r}")
-    if not isinstance(mfu, (int, float)) or not 0 < mfu <= 1:
-        raise ValueError(f"mfu must be in (0, 1], got {mfu!r}")
-    return flops / (peak_flops_per_s * mfu) / 3600.0

@@ -32,10 +32,10 @@ _VERSIONED_MODULES = ("model.py", "moe.py", "train.py", "data.py")
 RESULT_FORMAT = 2
 
 
-def code_version() -> str:
-    """A short hash of the code that produces results; it changes when that code changes."""
+def code_version(modules: tuple[str, ...] = _VERSIONED_MODULES) -> str:
+    """A short hash of the code (``book/`` modules by file name) that produces results; it changes with that code."""
     digest = hashlib.sha256()
-    for name in _VERSIONED_MODULES:
+    for name in modules:
         digest.update((Path(__file__).parent / name).read_bytes())
     return digest.hexdigest()[:12]
 

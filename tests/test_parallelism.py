@@ -7,10 +7,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from book import hardware, parallelism
+from book.hardware import accelerator_hours, training_flops
 from book.model import Block
 from book.parallelism import (
     Setup,
-    accelerator_hours,
     block_config,
     block_flops_per_token,
     block_params,
@@ -20,7 +20,6 @@ from book.parallelism import (
     lstm_params,
     matched_lstm_hidden,
     sequential_steps,
-    training_flops,
 )
 
 
@@ -125,7 +124,7 @@ def test_compute_at_scale():
     a100 = hardware.accelerator("A100").peak("bfloat16")
     assert accelerator_hours(312e12 * 3600, a100, mfu=1.0) == pytest.approx(1.0)
     assert accelerator_hours(6e19, a100, mfu=0.5) == pytest.approx(6e19 / (0.5 * 312e12) / 3600)
-    assert accelerator_hours(1.0, 1.0) == pytest.approx(1 / 3600 / parallelism.PALM_540B_MFU)
+    assert accelerator_hours(1.0, 1.0) == pytest.approx(1 / 3600 / hardware.PALM_540B_MFU)
 
 
 # --------------------------------------------------------------------------- the cached measurement
