@@ -55,3 +55,8 @@ def test_measured_peaks_are_cached(book_cache):
     assert (book_cache / "machine_peaks.json").exists()
     assert hardware.measured_peaks() == peaks  # second call reads the cache
     assert hardware.measured_peak("float32") == peaks.peak("float32")
+
+
+def test_measure_peaks_rejects_zero_repeats(book_cache):
+    with pytest.raises(ValueError, match="repeats"):
+        hardware.measure_peaks(repeats=0)
