@@ -133,3 +133,33 @@ def flash_attention_best(q, k, v, causal=False, scale=None):
     if kernel_fits and not needs_grad:
         return flash_attention_triton(q, k, v, causal=causal, scale=scale)
     return _attention.flash_attention(q, k, v, causal=causal, scale=scale)
+
+
+# --------------------------------------------------------------------------- checking it without a GPU
+
+
+def check_against_reference(shapes=((1, 2, 37, 16), (1, 1, 50, 64), (1, 1, 33, 128)), causal=(False, True),
+                            block_q=16, block_k=16, device="cpu") -> list[dict]:
+    """Run the kernel in fp16 on random inputs; each row: shape, causal, largest |error| against the fp32 reference.
+
+    On the CPU this needs ``TRITON_INTERPRET=1`` set before Triton was imported (run ``python -m
+    book.attention_triton`` with it in the environment, as lesson 5.3 does).
+    """
+    rows = []
+    generator = torch.Generator().manual_seed(0)
+    for shape in shapes:
+        q, k, v = (torch.randn(shape, generator=generator).to(device, torch.float16) for _ in range(3))
+        for is_causal in causal:
+            out = flash_attention_triton(q, k, v, causal=is_causal, block_q=block_q, block_k=block_k)
+            reference = _attention.naive_attention(q.float(), k.float(), v.float(), causal=is_causal)
+            rows.append({"shape": list(shape), "causal": is_causal,
+                         "max_abs_error": (out.float() - reference).abs().max().item()})
+    return rows
+
+
+if __name__ == "__main__":
+    import json
+
+    if not triton_available("cpu") and not triton_available("cuda"):
+        raise SystemExit("the kernel cannot run here: install Triton, and set TRITON_INTERPRET=1 without a GPU")
+    print(json.dumps(check_against_reference(device="cuda" if triton_available("cuda") else "cpu")))

@@ -4,7 +4,7 @@ The architecture is GPT-2's with pre-LN blocks (Xiong et al., 2020):
 
     x = token_embedding + position_embedding
     for each of n_layer blocks:
-        x = x + Attention(LayerNorm(x))      # causal, multi-head, via F.scaled_dot_product_attention
+        x = x + Attention(LayerNorm(x))      # causal, multi-head; F.scaled_dot_product_attention by default
         x = x + MLP(LayerNorm(x))            # d_model -> d_ff -> d_model, GELU
     logits = LayerNorm(x) @ token_embedding^T
 
@@ -12,6 +12,11 @@ Embeddings are **tied** by default: the output layer reuses the token-embedding
 matrix (as GPT-2 does), so it adds no parameters. With ``tie_embeddings=False``
 the output layer has its own V x d matrix, which we count as an embedding
 parameter too.
+
+``GPTConfig.attention`` picks how attention is computed (book.attention): "sdpa"
+(PyTorch's fused kernel, the default), the exact "naive" and "flash" references, or the
+approximations "sliding_window", "linear" and "lsh", each causal. Linformer is refused:
+its projections mix future positions into every key, so it cannot be causal.
 
 Kaplan et al. (2020) count N = non-embedding parameters ~ 12 n_layer d^2:
 ``count_params(config, embedding=False)`` is that N, exactly, for this model.
@@ -26,7 +31,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from book import attention as _attention
 from book.moe import ROUTINGS, MoE, active_params, moe_params
+
+# GPTConfig.attention: each variant is causal. "sdpa" is F.scaled_dot_product_attention.
+ATTENTIONS = ("sdpa", "naive", "flash", "sliding_window", "linear", "lsh")
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,14 @@ class GPTConfig:
     routing: str = "token_choice"  # or "expert_choice" (not causal: see book.moe.expert_choice_routing)
     aux_loss_coef: float = 0.01  # weight of Switch's load-balancing loss
     z_loss_coef: float = 0.001  # weight of ST-MoE's router z-loss
+    # Attention variant (book.attention), one of ATTENTIONS, and its options.
+    attention: str = "sdpa"
+    attention_window: int = 64  # sliding_window: each query sees itself and the window - 1 keys before it
+    flash_block: int = 64  # flash: block_q = block_k
+    linear_chunk: int = 64  # linear: chunk of the causal prefix sums
+    lsh_buckets: int = 8  # lsh: buckets per round (1 or even)
+    lsh_rounds: int = 1  # lsh: rounds of hashing
+    lsh_chunk: int | None = None  # lsh: chunk size; None means ceil(n / lsh_buckets)
 
     def __post_init__(self):
         for name in ("n_layer", "d_model", "n_head", "n_ctx", "vocab_size"):
@@ -76,6 +93,25 @@ class GPTConfig:
         if self.aux_loss_coef < 0 or self.z_loss_coef < 0:
             raise ValueError(f"aux_loss_coef and z_loss_coef must be >= 0, got {self.aux_loss_coef}, "
                              f"{self.z_loss_coef}")
+        if self.attention == "linformer":
+            raise ValueError("attention='linformer' cannot be used in a GPT: Linformer projects the n keys and "
+                             "values into rank mixtures of ALL positions, future ones included, so no causal mask "
+                             "can hide the future from a query; a causal language model must not see it")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
+        for name in ("attention_window", "flash_block", "linear_chunk", "lsh_buckets", "lsh_rounds"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.lsh_buckets > 1 and self.lsh_buckets % 2:
+            raise ValueError(f"lsh_buckets must be 1 or even (LSH buckets come in pairs), got {self.lsh_buckets}")
+        if self.lsh_chunk is not None and (not isinstance(self.lsh_chunk, int) or isinstance(self.lsh_chunk, bool)
+                                           or self.lsh_chunk <= 0):
+            raise ValueError(f"lsh_chunk must be a positive int or None (meaning ceil(n / lsh_buckets)), "
+                             f"got {self.lsh_chunk!r}")
+        if self.attention != "sdpa" and self.dropout > 0:
+            raise ValueError(f"dropout={self.dropout} on the attention weights is supported only with "
+                             f"attention='sdpa', got attention={self.attention!r}: set dropout=0")
 
     @property
     def d_head(self) -> int:
@@ -96,9 +132,37 @@ class GPTConfig:
 # --------------------------------------------------------------------------- the model
 
 
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: GPTConfig, dropout: float = 0.0,
+                     seed: int = 0) -> torch.Tensor:
+    """Causal attention of (batch, heads, n, d_head) tensors, computed the way ``cfg.attention`` says.
+
+    ``seed`` fixes LSH's random rotations (the model passes its layer index): the hash is the same
+    at every step, so training and evaluation see the same buckets. LSH is causal in what it
+    attends to (never a later value), but not in which earlier keys it sees: the sort into chunks
+    counts every position, so a later token can move a chunk boundary (see tests/test_model.py).
+    """
+    kind = cfg.attention
+    if kind == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+    if kind == "naive":
+        return _attention.naive_attention(q, k, v, causal=True)
+    if kind == "flash":
+        return _attention.flash_attention(q, k, v, causal=True, block_q=cfg.flash_block, block_k=cfg.flash_block)
+    if kind == "sliding_window":
+        return _attention.sliding_window_attention(q, k, v, window=cfg.attention_window, causal=True)
+    if kind == "linear":
+        return _attention.linear_attention(q, k, v, causal=True, chunk_size=cfg.linear_chunk)
+    if kind == "lsh":
+        return _attention.lsh_attention(q, k, v, n_buckets=cfg.lsh_buckets, n_rounds=cfg.lsh_rounds,
+                                        chunk_size=cfg.lsh_chunk, causal=True, seed=seed)
+    raise ValueError(f"attention must be one of {ATTENTIONS}, got {kind!r}")
+
+
 class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: GPTConfig, layer: int = 0):
         super().__init__()
+        self.config = cfg
+        self.layer = layer
         self.n_head = cfg.n_head
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
@@ -109,8 +173,8 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, d_head)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        y = causal_attention(q, k, v, self.config, dropout=self.dropout if self.training else 0.0,
+                             seed=self.layer)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -128,7 +192,7 @@ class Block(nn.Module):
     def __init__(self, cfg: GPTConfig, layer: int = 0):
         super().__init__()
         self.ln_attn = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
-        self.attn = CausalSelfAttention(cfg)
+        self.attn = CausalSelfAttention(cfg, layer)
         self.ln_mlp = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
         if cfg.is_moe_layer(layer):
             self.mlp = MoE(cfg.d_model, cfg.d_ff, cfg.n_experts, cfg.expert_k, cfg.capacity_factor,

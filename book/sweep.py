@@ -12,6 +12,7 @@ version (a hash of the modules that decide a result). So:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from book.storage import save_torch_atomic, write_json_atomic
 from book.train import TrainConfig, train
 
 # The modules whose code decides a run's numbers.
-_VERSIONED_MODULES = ("model.py", "moe.py", "train.py", "data.py")
+_VERSIONED_MODULES = ("model.py", "moe.py", "train.py", "data.py", "attention.py")
 # Bumped when the layout of a result file changes, so old files are not read as new ones.
 RESULT_FORMAT = 2
 
@@ -67,7 +68,7 @@ def default_results_dir() -> Path:
 
 def run_sweep(runs: list[Run], data: TokenDataset, sweep: str, *, results_dir: Path | None = None,
               progress: bool = True, checkpoint_every: int | None = None, keep_models: bool = False,
-              on_run=None) -> list[dict]:
+              on_run=None, track=None) -> list[dict]:
     """Train every run not finished yet; return all runs' results (dicts), in the order given.
 
     Results live in ``results_dir / sweep`` (default: the cache folder). A run
@@ -75,6 +76,12 @@ def run_sweep(runs: list[Run], data: TokenDataset, sweep: str, *, results_dir: P
     its steps) and resumes from it after an interruption. With ``keep_models``
     the trained weights are stored too (``load_model`` reads them back).
     ``on_run(run, result)`` is called after each run, trained or loaded.
+
+    ``track(run)``, if given, returns a context manager (e.g. forward hooks) that is open while the
+    run trains and whose ``to_dict()`` is stored in the result as ``"tracked"``: what happened
+    during training, not only at its end (chapter 4 records expert usage this way). A tracker sees
+    every step only if the run is not resumed halfway, so tracked runs are not checkpointed: an
+    interrupted sweep still keeps every finished run and retrains only the unfinished one.
     """
     if not runs:
         raise ValueError("runs must not be empty")
@@ -90,21 +97,25 @@ def run_sweep(runs: list[Run], data: TokenDataset, sweep: str, *, results_dir: P
         key = run_key(run, data.name)
         path = folder / f"{run.name}-{key}.json"
         weights = path.with_suffix(".pt")
-        if path.exists() and (weights.exists() or not keep_models):
-            result = json.loads(path.read_text())
-        else:
-            checkpoint = path.with_suffix(".ckpt")
+        result = json.loads(path.read_text()) if path.exists() else None
+        if result is None or (keep_models and not weights.exists()) or (track and "tracked" not in result):
+            checkpoint = None if track else path.with_suffix(".ckpt")
             every = checkpoint_every or max(1, run.train.steps // 10)
-            trained = train(run.model, run.train, data, progress=progress,
-                            desc=f"{sweep} {i + 1}/{len(runs)} {run.name}",
-                            checkpoint_path=checkpoint, checkpoint_every=every)
+            tracker = track(run) if track else contextlib.nullcontext()
+            with tracker:
+                trained = train(run.model, run.train, data, progress=progress,
+                                desc=f"{sweep} {i + 1}/{len(runs)} {run.name}",
+                                checkpoint_path=checkpoint, checkpoint_every=every)
             result = trained.to_dict() | {
                 "run": run.name, "sweep": sweep, "key": key, "file": path.name, "code_version": code_version(),
                 "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            if track:
+                result["tracked"] = tracker.to_dict()
             if keep_models:  # weights first: a result file promises its weights are there
                 save_torch_atomic(weights, trained.model.state_dict())
             write_json_atomic(path, result)
-            checkpoint.unlink(missing_ok=True)
+            if checkpoint is not None:
+                checkpoint.unlink(missing_ok=True)
         if on_run is not None:
             on_run(run, result)
         results.append(result)

@@ -298,8 +298,8 @@ def test_lsh_buckets_and_seeds():
     ("linformer", lambda q, k, v: linformer_attention(q, k, v, rank=6)),
 ])
 def test_variants_pass_gradcheck(name, variant):
-    q, k, v = (t.requires_grad_() for t in qkv((1, 2, 13, 4), dtype=torch.float64))
-    assert torch.autograd.gradcheck(variant, (q, k, v))
+    q, k, v = (t.requires_grad_() for t in qkv((1, 1, 11, 4), dtype=torch.float64))
+    assert torch.autograd.gradcheck(variant, (q, k, v), fast_mode=True)
 
 
 # --------------------------------------------------------------------------- bad input

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from book.fit import PowerLawFit, fit_power_law
+from book.fit import ChinchillaFit, PowerLawFit, _batched_lbfgs, fit_chinchilla, fit_power_law, hoffmann_grid
 
 E_TRUE, A_TRUE, ALPHA_TRUE = 1.7, 400.0, 0.3
 X = np.logspace(4, 8, 12)
@@ -139,3 +139,137 @@ def test_bad_input_raises(kwargs, match):
     with pytest.raises(ValueError, match=match):
         fit_power_law(**args)
 
+
+
+# --------------------------------------------------------------------------- fit_chinchilla
+
+TRUE = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)  # Hoffmann et al. (2022), eq. 10
+
+
+def chinchilla_points(n=250, sigma=0.01, seed=0):
+    """Runs spread over Chinchilla's range, with log-normal noise of about sigma (1%) on the loss."""
+    rng = np.random.default_rng(seed)
+    N = np.exp(rng.uniform(np.log(7e7), np.log(1.6e10), n))
+    D = np.exp(rng.uniform(np.log(5e9), np.log(5e11), n))
+    L = TRUE["E"] + TRUE["A"] * N ** -TRUE["alpha"] + TRUE["B"] * D ** -TRUE["beta"]
+    return N, D, L * np.exp(rng.normal(0.0, sigma, n))
+
+
+@pytest.fixture(scope="module")
+def chinchilla_fit():
+    return fit_chinchilla(*chinchilla_points(), n_bootstrap=100)  # the full grid of 4,500 starts
+
+
+def test_grid_is_hoffmanns():
+    grid = hoffmann_grid()
+    assert grid.shape == (4500, 5)
+    assert sorted(set(grid[:, 0])) == [0, 5, 10, 15, 20, 25] and sorted(set(grid[:, 3])) == [0, 0.5, 1, 1.5, 2]
+    assert sorted(set(grid[:, 2])) == [-1, -0.5, 0, 0.5, 1]
+
+
+def test_chinchilla_recovers_known_parameters_within_intervals(chinchilla_fit):
+    fit = chinchilla_fit
+    assert isinstance(fit, ChinchillaFit) and fit.n_points == 250 and fit.n_starts == 4500
+    for name, truth in TRUE.items():
+        low, high = fit.ci[name]
+        estimate = getattr(fit, name)
+        assert low < high and low <= estimate <= high, f"{name}={estimate} outside its interval {fit.ci[name]}"
+        slack = 0.1 * (high - low)
+        assert low - slack <= truth <= high + slack, f"true {name}={truth} outside {fit.ci[name]}"
+    a_true = TRUE["beta"] / (TRUE["alpha"] + TRUE["beta"])
+    assert fit.ci["a"][0] - 0.01 <= a_true <= fit.ci["a"][1] + 0.01
+    assert abs(fit.a + fit.b - 1) < 1e-12
+    assert abs(fit.alpha - TRUE["alpha"]) < 0.05 and abs(fit.beta - TRUE["beta"]) < 0.05
+    assert fit.intervals is fit.ci
+
+
+def test_chinchilla_exact_on_noiseless_data():
+    N, D, _ = chinchilla_points(n=60)
+    L = TRUE["E"] + TRUE["A"] * N ** -TRUE["alpha"] + TRUE["B"] * D ** -TRUE["beta"]
+    fit = fit_chinchilla(N, D, L, n_bootstrap=0)
+    for name, truth in TRUE.items():
+        assert getattr(fit, name) == pytest.approx(truth, rel=2e-3), name
+    assert fit.loss < 1e-9
+    assert all(math.isnan(v) for interval in fit.ci.values() for v in interval)
+
+
+def test_optimal_is_the_minimum_on_the_isoflop(chinchilla_fit):
+    fit = chinchilla_fit
+    for C in (1e20, 5.76e23, 1e26):
+        n_opt, d_opt = fit.optimal(C)
+        assert 6 * n_opt * d_opt == pytest.approx(C, rel=1e-12)
+        ns = n_opt * np.exp(np.linspace(-1, 1, 2001))
+        brute = ns[np.argmin(fit.predict(ns, C / (6 * ns)))]
+        assert brute == pytest.approx(n_opt, rel=2e-3)
+    n_arr, d_arr = fit.optimal(np.array([1e20, 1e22]))
+    assert n_arr.shape == (2,) and n_arr[1] / n_arr[0] == pytest.approx(100 ** fit.a)
+    assert fit.G == pytest.approx((fit.alpha * fit.A / (fit.beta * fit.B)) ** (1 / (fit.alpha + fit.beta)))
+
+
+def test_chinchilla_predict_and_as_dict(chinchilla_fit):
+    fit = chinchilla_fit
+    assert isinstance(fit.predict(1e9, 2e10), float)
+    assert fit.predict(1e9, 2e10) == pytest.approx(fit.E + fit.A * 1e9**-fit.alpha + fit.B * 2e10**-fit.beta)
+    assert fit.predict(np.array([1e9, 1e10]), 1e11).shape == (2,)
+    with pytest.raises(ValueError, match="N and D must be positive"):
+        fit.predict(0.0, 1e9)
+    with pytest.raises(ValueError, match="C must be positive"):
+        fit.optimal(-1.0)
+    d = fit.as_dict()
+    assert d["alpha"] == fit.alpha and d["ci"]["beta"] == list(fit.ci["beta"])
+    assert repr(fit).startswith("ChinchillaFit(L(N, D) = ")
+
+
+def test_chinchilla_deterministic_and_custom_starts():
+    N, D, L = chinchilla_points(n=40, seed=3)
+    starts = hoffmann_grid()[::50]
+    one = fit_chinchilla(N, D, L, starts=starts, n_bootstrap=10, seed=1)
+    two = fit_chinchilla(N, D, L, starts=starts, n_bootstrap=10, seed=1)
+    assert one.as_dict() == two.as_dict() and one.n_starts == len(starts)
+
+
+def test_batched_lbfgs_matches_scipy_on_quadratics():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(7, 3))
+    scales = np.exp(rng.normal(size=(7, 3)))
+
+    def fun(x, rows):
+        r = x - centres[rows]
+        return (scales[rows] * r**2).sum(1), 2 * scales[rows] * r
+
+    x, f, _ = _batched_lbfgs(fun, np.zeros((7, 3)))
+    assert np.allclose(x, centres, atol=1e-5) and np.all(f < 1e-9)
+
+
+def test_chinchilla_full_grid_is_fast_enough():
+    # The timing itself is recorded in BENCHMARKS.md by lesson 3.3; here only a generous bound.
+    import time
+
+    N, D, L = chinchilla_points()
+    start = time.perf_counter()
+    fit_chinchilla(N, D, L, n_bootstrap=0)
+    assert time.perf_counter() - start < 60
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(N=[1e6, -1, 1e8, 1e9, 1e6, 1e7]), "N must be positive"),
+        (dict(D=[1e9] * 5 + [np.nan]), "D must be finite"),
+        (dict(loss=[3, 2.5, 2.2, 2.0, 1.9, 0]), "loss must be positive"),
+        (dict(loss=[3, 2.5, 2.2]), "same length"),
+        (dict(N=[1e6] * 3, D=[1e9] * 3, loss=[3.0] * 3), "at least 6 runs"),
+        (dict(N=[1e6] * 6), "at least 2 distinct"),
+        (dict(n_bootstrap=-1), "n_bootstrap"),
+        (dict(bootstrap_starts=0), "bootstrap_starts"),
+        (dict(delta=0.0), "delta"),
+        (dict(seed=1.5), "seed"),
+        (dict(starts=[[1, 2, 3]]), "starts must be"),
+        (dict(starts="grid"), "starts must be"),
+    ],
+)
+def test_chinchilla_bad_input_raises(kwargs, match):
+    args = dict(N=[1e6, 1e7, 1e8, 1e6, 1e7, 1e8], D=[1e9, 1e9, 1e9, 1e10, 1e10, 1e10],
+                loss=[3.0, 2.6, 2.4, 2.8, 2.3, 2.1], n_bootstrap=0) | kwargs
+    with pytest.raises(ValueError, match=match):
+        fit_chinchilla(**args)

@@ -145,3 +145,112 @@ def test_bad_moe_config_raises():
         GPTConfig(n_layer=1, d_model=8, n_head=1, n_ctx=4, vocab_size=5, n_experts=2, expert_k=3)
     with pytest.raises(ValueError, match="routing"):
         GPTConfig(n_layer=1, d_model=8, n_head=1, n_ctx=4, vocab_size=5, n_experts=2, routing="random")
+
+
+# --------------------------------------------------------------------------- the attention option
+
+from book.model import ATTENTIONS, causal_attention  # noqa: E402
+
+ATTN_BASE = dict(n_layer=2, d_model=32, n_head=2, n_ctx=24, vocab_size=17)
+
+
+def _outputs(cfg, idx):
+    torch.manual_seed(0)
+    model = GPT(cfg).eval()
+    with torch.no_grad():
+        return model(idx)[0]
+
+
+def test_attention_defaults_to_sdpa():
+    assert GPTConfig(**ATTN_BASE).attention == "sdpa"
+
+
+@pytest.mark.parametrize("kind", ATTENTIONS)
+def test_each_attention_variant_runs_forward_and_backward(kind):
+    cfg = GPTConfig(**ATTN_BASE, attention=kind, attention_window=5, lsh_buckets=4, lsh_rounds=2,
+                    flash_block=7, linear_chunk=5)
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    idx = torch.randint(0, cfg.vocab_size, (3, 19))  # shorter than n_ctx, not a multiple of any block
+    logits, loss = model(idx, idx)
+    assert logits.shape == (3, 19, cfg.vocab_size)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("kind", ["sdpa", "naive", "flash", "linear", "sliding_window"])
+def test_each_variant_is_causal(kind):
+    # Changing a later token never changes an earlier position's logits.
+    cfg = GPTConfig(**ATTN_BASE, attention=kind, attention_window=4, lsh_buckets=2, flash_block=5)
+    idx = torch.randint(0, cfg.vocab_size, (2, 20), generator=torch.Generator().manual_seed(1))
+    changed = idx.clone()
+    changed[:, 12:] = (changed[:, 12:] + 1) % cfg.vocab_size
+    torch.testing.assert_close(_outputs(cfg, idx)[:, :12], _outputs(cfg, changed)[:, :12])
+
+
+def test_lsh_masks_future_values_but_its_buckets_see_the_future():
+    # LSH never attends to a later position, but WHICH earlier keys share a query's chunk depends on
+    # where later items sort: a later token can change an earlier output (a documented leak).
+    idx = torch.randint(0, 17, (2, 20), generator=torch.Generator().manual_seed(1))
+    changed = idx.clone()
+    changed[:, 12:] = (changed[:, 12:] + 1) % 17
+    leaky = GPTConfig(**ATTN_BASE, attention="lsh", lsh_buckets=4)
+    assert (_outputs(leaky, idx)[:, :12] - _outputs(leaky, changed)[:, :12]).abs().max() > 1e-4
+    # One bucket and one chunk: no hashing, no leak.
+    whole = GPTConfig(**ATTN_BASE, attention="lsh", lsh_buckets=1, lsh_chunk=24)
+    torch.testing.assert_close(_outputs(whole, idx)[:, :12], _outputs(whole, changed)[:, :12])
+
+
+def test_exact_variants_agree_with_sdpa():
+    idx = torch.randint(0, 17, (2, 24), generator=torch.Generator().manual_seed(2))
+    reference = _outputs(GPTConfig(**ATTN_BASE), idx)
+    for kind, extra in [("naive", {}), ("flash", {"flash_block": 5}), ("flash", {})]:
+        torch.testing.assert_close(_outputs(GPTConfig(**ATTN_BASE, attention=kind, **extra), idx), reference,
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_window_covering_the_context_is_exact():
+    idx = torch.randint(0, 17, (2, 24), generator=torch.Generator().manual_seed(3))
+    reference = _outputs(GPTConfig(**ATTN_BASE), idx)
+    for window in (24, 100):
+        cfg = GPTConfig(**ATTN_BASE, attention="sliding_window", attention_window=window)
+        torch.testing.assert_close(_outputs(cfg, idx), reference, atol=1e-5, rtol=1e-5)
+    # A short window is not exact.
+    short = _outputs(GPTConfig(**ATTN_BASE, attention="sliding_window", attention_window=3), idx)
+    assert (short - reference).abs().max() > 1e-3
+
+
+def test_lsh_with_one_bucket_and_a_whole_chunk_is_exact():
+    idx = torch.randint(0, 17, (2, 24), generator=torch.Generator().manual_seed(4))
+    cfg = GPTConfig(**ATTN_BASE, attention="lsh", lsh_buckets=1, lsh_chunk=24)
+    torch.testing.assert_close(_outputs(cfg, idx), _outputs(GPTConfig(**ATTN_BASE), idx), atol=1e-5, rtol=1e-5)
+
+
+def test_causal_attention_dispatch_matches_the_library():
+    from book import attention as A
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, 2, 13, 16, generator=g) for _ in range(3))
+    cfg = GPTConfig(**ATTN_BASE, attention="linear", linear_chunk=4)
+    torch.testing.assert_close(causal_attention(q, k, v, cfg), A.linear_attention(q, k, v, causal=True))
+    cfg = GPTConfig(**ATTN_BASE, attention="lsh", lsh_buckets=4, lsh_rounds=2)
+    torch.testing.assert_close(causal_attention(q, k, v, cfg, seed=3),
+                               A.lsh_attention(q, k, v, n_buckets=4, n_rounds=2, causal=True, seed=3))
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(attention="flashy"), "attention must be one of"),
+    (dict(attention="linformer"), "future"),
+    (dict(attention="sliding_window", attention_window=0), "attention_window"),
+    (dict(attention_window=2.5), "attention_window"),
+    (dict(flash_block=-1), "flash_block"),
+    (dict(linear_chunk=0), "linear_chunk"),
+    (dict(lsh_buckets=3), "lsh_buckets"),
+    (dict(lsh_buckets=0), "lsh_buckets"),
+    (dict(lsh_rounds=0), "lsh_rounds"),
+    (dict(lsh_chunk=0), "lsh_chunk"),
+    (dict(attention="naive", dropout=0.1), "dropout"),
+])
+def test_bad_attention_options_raise(bad, match):
+    with pytest.raises(ValueError, match=match):
+        GPTConfig(**ATTN_BASE, **bad)

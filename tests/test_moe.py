@@ -292,3 +292,54 @@ def test_param_counts_are_exact(n_experts, k, bias, router_noise):
 def test_bad_input_raises_value_error(call):
     with pytest.raises(ValueError):
         call()
+
+
+# --------------------------------------------------------------------------- accounting and configuration
+
+
+@pytest.mark.parametrize("k,capacity_factor", [(1, 0.5), (2, 0.75), (2, 1.0), (3, 1.25), (2, None)])
+def test_stats_count_every_slot_and_the_dropped_ones(k, capacity_factor):
+    moe = make_moe(k=k, capacity_factor=capacity_factor)
+    x = tokens(batch=3, time=10)
+    moe(x)
+    n_tokens = 30
+    assert int(moe.stats.tokens_per_expert.sum()) == n_tokens * k  # before capacity: every slot once
+    if capacity_factor is None:
+        assert moe.stats.capacity is None and moe.stats.dropped_fraction == 0
+        return
+    capacity = expert_capacity(n_tokens, N_EXPERTS, k, capacity_factor)
+    assert moe.stats.capacity == capacity
+    kept = moe.stats.tokens_per_expert.clamp(max=capacity).sum()
+    assert moe.stats.dropped_fraction == pytest.approx(1 - float(kept) / (n_tokens * k))
+
+
+def test_top_k_gating_accepts_any_leading_shape_and_keeps_the_device_dtype():
+    logits = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    weights, experts = top_k_gating(logits, 2)
+    assert weights.shape == experts.shape == (2, 3, 4, 2)
+    assert weights.dtype == torch.float64 and experts.dtype == torch.long
+
+
+def test_gpt_config_places_moe_layers():
+    every = GPTConfig(n_layer=4, d_model=8, n_head=2, n_ctx=8, vocab_size=11, n_experts=4, expert_k=2)
+    other = GPTConfig(n_layer=4, d_model=8, n_head=2, n_ctx=8, vocab_size=11, n_experts=4, expert_k=2, moe_every=2)
+    dense = GPTConfig(n_layer=4, d_model=8, n_head=2, n_ctx=8, vocab_size=11)
+    assert [every.is_moe_layer(i) for i in range(4)] == [True] * 4
+    assert [other.is_moe_layer(i) for i in range(4)] == [False, True, False, True]
+    assert dense.n_moe_layers == 0
+    model = GPT(other)
+    assert [isinstance(b.mlp, MoE) for b in model.blocks] == [False, True, False, True]
+    idx = torch.randint(0, 11, (2, 8))
+    _, loss = model(idx, idx)
+    aux = model.auxiliary_loss()
+    assert aux.ndim == 0 and aux.item() > 0
+    assert GPT(dense).auxiliary_loss() == 0.0
+
+
+@pytest.mark.parametrize("kwargs", [dict(n_experts=4, expert_k=5), dict(n_experts=4, expert_k=0),
+                                    dict(n_experts=4, capacity_factor=0.0), dict(n_experts=4, capacity_factor=-1.0),
+                                    dict(n_experts=-1), dict(n_experts=4, moe_every=0),
+                                    dict(n_experts=4, routing="hash"), dict(n_experts=4, aux_loss_coef=-0.1)])
+def test_gpt_config_rejects_bad_moe_options(kwargs):
+    with pytest.raises(ValueError):
+        GPTConfig(n_layer=2, d_model=8, n_head=2, n_ctx=8, vocab_size=11, **kwargs)

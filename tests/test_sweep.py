@@ -96,3 +96,38 @@ def test_kept_model_reloads_with_the_same_loss(book_cache, tmp_path, ds):
     plain = sweep.run_sweep(_runs()[1:2], ds, "keep", results_dir=tmp_path, progress=False)[0]
     with pytest.raises(ValueError, match="keep_models"):
         sweep.load_model(plain, results_dir=tmp_path)
+
+
+class _CountingTracker:
+    """Counts training forward passes of the model while open."""
+
+    def __init__(self):
+        self.calls, self._handle = 0, None
+
+    def _hook(self, module, inputs, output):
+        if module.training and type(module).__name__ == "GPT":
+            self.calls += 1
+
+    def __enter__(self):
+        import torch
+
+        self._handle = torch.nn.modules.module.register_module_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.remove()
+
+    def to_dict(self):
+        return {"calls": self.calls}
+
+
+def test_tracked_runs_store_what_the_tracker_saw(book_cache, tmp_path, ds):
+    runs = _runs()[:1]
+    plain = sweep.run_sweep(runs, ds, "tracked", results_dir=tmp_path, progress=False)
+    assert "tracked" not in plain[0]
+    tracked = sweep.run_sweep(runs, ds, "tracked", results_dir=tmp_path, progress=False, track=lambda run: _CountingTracker())
+    assert tracked[0]["tracked"] == {"calls": runs[0].train.steps}  # one training forward a step, none from eval
+    assert tracked[0]["final_val_loss"] == pytest.approx(plain[0]["final_val_loss"])  # retrained the same
+    again = sweep.run_sweep(runs, ds, "tracked", results_dir=tmp_path, progress=False, track=lambda run: _CountingTracker())
+    assert again[0]["finished_at"] == tracked[0]["finished_at"]  # read back, not retrained
+    assert not list((tmp_path / "tracked").glob("*.ckpt"))

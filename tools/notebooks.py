@@ -4,8 +4,9 @@
         Run each notebook top to bottom in a fresh kernel and write its outputs back in place.
         Default: every lessons/ notebook, then every solutions/ notebook (which reuse the
         lessons' cached sweep results).
-    python tools/notebooks.py benchmark [--suite] [--output FILE] [PATHS...]
-        Time the same notebooks, with a cold sweep cache, without writing them back; with
+    python tools/notebooks.py benchmark [--suite] [--write-back] [--output FILE] [PATHS...]
+        Time the same notebooks, with a cold sweep cache, without writing them back (with
+        --write-back: writing them back, so one pass both executes and times them); with
         --suite also time `python -m pytest --nbval`. Writes this machine's section of
         BENCHMARKS.md and keeps the other machines' sections.
 
@@ -36,6 +37,7 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernel
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the course library, installed or not
+from book.benchmarks import markdown as records_markdown  # noqa: E402
 from book.device import cpu_model  # noqa: E402
 CELL_TIMEOUT_S = 600
 BUDGET_S = {"lessons": 120, "solutions": 60}  # per notebook, by top-level folder
@@ -231,7 +233,8 @@ def section_markdown(machine: Machine, runs: list[Run], suite: tuple[float, int]
         lines += [f"Whole suite, `python -m pytest --nbval` with a cold cache: {seconds:.0f} s "
                   f"(budget {SUITE_BUDGET_S // 60} min, within budget: {within}); {outcome}.", ""]
     lines += peaks_markdown(peaks_file)
-    return "\n".join(lines) + "\n<!-- end device -->\n"
+    lines += ["", *records_markdown(peaks_file.parent)]  # tables the lessons recorded (book.benchmarks)
+    return "\n".join(lines).rstrip() + "\n<!-- end device -->\n"
 
 
 def benchmarks_markdown(sections: dict[str, str]) -> str:
@@ -249,11 +252,11 @@ def benchmarks_markdown(sections: dict[str, str]) -> str:
     return "\n".join(header) + "\n" + "\n".join(sections[label] for label in cpu_first)
 
 
-def benchmark(paths: list[Path], suite: bool, output: Path, command: str) -> int:
+def benchmark(paths: list[Path], suite: bool, output: Path, command: str, write_back: bool = False) -> int:
     machine = describe_machine()
     with tempfile.TemporaryDirectory(prefix="book-cache-") as cache:
         env = kernel_env(BOOK_CACHE_DIR=cache)  # one cache: lessons fill it, solutions reuse it
-        runs = [execute_file(path, write_back=False, env=env) for path in paths]
+        runs = [execute_file(path, write_back=write_back, env=env) for path in paths]
         suite_result = None
         if suite:
             with tempfile.TemporaryDirectory(prefix="book-cache-suite-") as suite_cache:
@@ -283,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = commands.add_parser("benchmark", help="time notebooks and write BENCHMARKS.md")
     bench.add_argument("paths", nargs="*", help="notebooks or folders (default: lessons/ then solutions/)")
     bench.add_argument("--suite", action="store_true", help="also time `python -m pytest --nbval`")
+    bench.add_argument("--write-back", action="store_true", help="also write the outputs back, as `execute` does")
     bench.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md", help="default: BENCHMARKS.md")
     args = parser.parse_args(argv)
 
@@ -291,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         print("no notebooks to run", file=sys.stderr)
     if args.command == "benchmark":
         command = " ".join(["python tools/notebooks.py", *(argv if argv is not None else sys.argv[1:])])
-        return benchmark(paths, args.suite, args.output.resolve(), command)
+        return benchmark(paths, args.suite, args.output.resolve(), command, write_back=args.write_back)
 
     runs = [execute_file(path, write_back=True) for path in paths]
     failed = [run for run in runs if run.failure]
