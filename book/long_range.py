@@ -269,6 +269,6 @@ def shakespeare_runs(vocab_size: int, variants=LEARNING_VARIANTS) -> list[Run]:
     n_ctx = by_profile(cpu=256, gpu=1024)
     base = GPTConfig(vocab_size=vocab_size, n_ctx=n_ctx, **by_profile(
         cpu=dict(n_layer=2, d_model=64, n_head=2), gpu=dict(n_layer=4, d_model=256, n_head=4)))
-    schedule = TrainConfig(steps=by_profile(cpu=40, gpu=600), batch_size=by_profile(cpu=8, gpu=32), lr=3e-3,
+    schedule = TrainConfig(steps=by_profile(cpu=80, gpu=600), batch_size=by_profile(cpu=8, gpu=32), lr=3e-3,
                            eval_every=by_profile(cpu=10, gpu=100), eval_batches=2)
     return [Run(v, _variant(base, v, short=n_ctx // 8, long=n_ctx // 2), schedule) for v in variants]
