@@ -41,13 +41,14 @@ def first_scaling_sweep(vocab_size: int) -> list[Run]:
 
     Only d_model changes (and n_head, at a fixed head width), so N = 12 n_layer d^2 (plus biases
     and norms) spans 2.1 decades on the CPU profile and 2.4 on the GPU profile. Every run sees
-    steps x batch_size x n_ctx training tokens: 204,800 (CPU) or 8,192,000 (GPU).
+    steps x batch_size x n_ctx training tokens: 204,800 (CPU) or 4,096,000 (GPU), less than the
+    4.5M training characters, so no run sees any text twice.
     """
     if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size <= 0:
         raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
     shape = by_profile(cpu=dict(n_layer=2, d_head=8, n_ctx=64, widths=(8, 16, 24, 32, 48, 64, 96)),
                        gpu=dict(n_layer=4, d_head=16, n_ctx=256, widths=(32, 64, 96, 128, 192, 256, 384, 512)))
-    schedule = TrainConfig(steps=by_profile(cpu=200, gpu=1000), batch_size=by_profile(cpu=16, gpu=32),
+    schedule = TrainConfig(steps=by_profile(cpu=200, gpu=1000), batch_size=by_profile(cpu=16, gpu=16),
                            lr=by_profile(cpu=3e-3, gpu=2e-3))
     return [Run(f"d{d}", GPTConfig(n_layer=shape["n_layer"], d_model=d, n_head=d // shape["d_head"],
                                    n_ctx=shape["n_ctx"], vocab_size=vocab_size), schedule)
