@@ -17,7 +17,7 @@ PY := $(VENV)/bin/python
 export OPENBLAS_NUM_THREADS ?= 1
 STAMP := $(VENV)/.installed
 
-.PHONY: setup site test lab exercises notebooks benchmark clean
+.PHONY: setup site check-site test lab exercises notebooks benchmark clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV_ARGS) $(VENV)
@@ -33,12 +33,27 @@ site: $(STAMP)
 	$(VENV)/bin/jupyter-book build -W -n --keep-going .
 	@echo "Site built: open _build/html/index.html in a browser."
 
+# The built site in headless Chromium, offline (tools/check_site.py says what it checks).
+# Debian's chromium is installed when missing (needs root, as on CI); Playwright drives it.
+CHROMIUM ?= /usr/bin/chromium
+check-site: $(STAMP)
+	@test -x $(CHROMIUM) || { test "$$(id -u)" = 0 \
+	  || { echo "check-site needs Chromium: sudo apt-get install chromium (or CHROMIUM=path)"; exit 1; }; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	$(PY) -c "import playwright" 2>/dev/null || $(PY) -m pip install -e ".[browser]"
+	$(PY) tools/check_site.py --browser $(CHROMIUM)
+
 test: $(STAMP)
 	$(PY) -m pytest --nbval
 
+# JupyterLab rooted at the repository, so an exercise's links to its lesson (../../lessons/...)
+# open; it starts in the chapter's exercises: `make lab CHAPTER=2` (all of exercises/ without).
+CHAPTER ?=
+LAB_DIR = exercises$(if $(CHAPTER),/$(notdir $(firstword $(wildcard exercises/0$(CHAPTER)_* exercises/$(CHAPTER)_*))))
 lab: $(STAMP)
 	$(PY) -c "import jupyterlab" 2>/dev/null || $(PY) -m pip install -e ".[lab]"
-	$(VENV)/bin/jupyter lab exercises/
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/$(LAB_DIR) \
+	  $$(test "$$(id -u)" = 0 && echo --allow-root)
 
 exercises: $(STAMP)
 	$(PY) tools/make_exercises.py

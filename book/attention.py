@@ -26,12 +26,13 @@ give the FLOPs, the memory of the materialised scores, and the IO model of Dao e
 from __future__ import annotations
 
 import math
-from numbers import Real
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
+
+from book import checks
 
 NEG_INF = float("-inf")
 
@@ -58,18 +59,10 @@ def _check_qkv(q, k, v) -> None:
         raise ValueError(f"q, k and v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
 
 
-def _positive_int(name: str, value) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
 def _scale(scale, d_head: int) -> float:
     if scale is None:
         return 1.0 / math.sqrt(d_head)
-    if not isinstance(scale, Real) or isinstance(scale, bool) or not 0 < scale < math.inf:
-        raise ValueError(f"scale must be a positive number or None (meaning 1/sqrt(d_head)), got {scale!r}")
-    return float(scale)
+    return checks.positive_float("scale", scale)  # None means 1/sqrt(d_head)
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -210,7 +203,7 @@ def flash_attention(q, k, v, causal=False, block_q=64, block_k=64, scale=None, r
     scaled scores (batch, heads, n) in the compute dtype (float32 or float64).
     """
     _check_qkv(q, k, v)
-    block_q, block_k = _positive_int("block_q", block_q), _positive_int("block_k", block_k)
+    block_q, block_k = checks.positive_int("block_q", block_q), checks.positive_int("block_k", block_k)
     scale = _scale(scale, q.shape[-1])
     out_dtype = q.dtype
     out, lse = FlashAttentionFunction.apply(*_upcast(q, k, v), bool(causal), block_q, block_k, scale)
@@ -230,7 +223,7 @@ def sliding_window_attention(q, k, v, window, causal=False, scale=None):
     scores only the band of keys it can reach, so memory is O(n * window), not O(n^2).
     """
     _check_qkv(q, k, v)
-    window = _positive_int("window", window)
+    window = checks.positive_int("window", window)
     scale = _scale(scale, q.shape[-1])
     out_dtype = q.dtype
     q, k, v = _upcast(q, k, v)
@@ -268,7 +261,7 @@ def linformer_projections(n: int, rank: int, seed: int = 0) -> tuple[torch.Tenso
 
     With entries of variance 1/rank, (E K)^T (E K) ~ K^T K on average: a Johnson-Lindenstrauss sketch.
     """
-    n, rank = _positive_int("n", n), _positive_int("rank", rank)
+    n, rank = checks.positive_int("n", n), checks.positive_int("rank", rank)
     if rank > n:
         raise ValueError(f"rank must be at most n={n} (a projection cannot add positions), got {rank}")
     generator = torch.Generator().manual_seed(seed)
@@ -293,7 +286,7 @@ def linformer_attention(q, k, v, rank=None, proj_k=None, proj_v=None, causal=Fal
                          "future (the paper uses it in bidirectional encoders)")
     n = q.shape[2]
     if rank is not None:
-        rank = _positive_int("rank", rank)
+        rank = checks.positive_int("rank", rank)
         if rank > n:
             raise ValueError(f"rank must be at most n={n} (a projection cannot add positions), got {rank}")
     if proj_k is None:
@@ -327,7 +320,7 @@ class LinformerProjection(nn.Module):
 
     def __init__(self, n: int, rank: int):
         super().__init__()
-        n, rank = _positive_int("n", n), _positive_int("rank", rank)
+        n, rank = checks.positive_int("n", n), checks.positive_int("rank", rank)
         if rank > n:
             raise ValueError(f"rank must be at most n={n} (a projection cannot add positions), got {rank}")
         self.n, self.rank = n, rank
@@ -363,13 +356,12 @@ def linear_attention(q, k, v, causal=False, feature_map=None, eps=1e-6, chunk_si
     chunk: memory O(chunk_size^2 + d_f d_v) per head, the same numbers as the cumsum.
     """
     _check_qkv(q, k, v)
-    chunk_size = _positive_int("chunk_size", chunk_size)
+    chunk_size = checks.positive_int("chunk_size", chunk_size)
     if feature_map is None:
         feature_map = elu_plus_one
     if not callable(feature_map):
         raise ValueError(f"feature_map must be callable or None (meaning elu + 1), got {feature_map!r}")
-    if not isinstance(eps, Real) or isinstance(eps, bool) or not 0 <= eps < math.inf:
-        raise ValueError(f"eps must be a non-negative number, got {eps!r}")
+    checks.nonnegative_float("eps", eps)
     out_dtype = q.dtype
     q, k, v = _upcast(q, k, v)
     phi_q, phi_k = feature_map(q), feature_map(k)
@@ -401,8 +393,8 @@ def linear_attention(q, k, v, causal=False, feature_map=None, eps=1e-6, chunk_si
 
 
 def _check_buckets(n_buckets, n_rounds) -> None:
-    _positive_int("n_buckets", n_buckets)
-    _positive_int("n_rounds", n_rounds)
+    checks.positive_int("n_buckets", n_buckets)
+    checks.positive_int("n_rounds", n_rounds)
     if n_buckets > 1 and n_buckets % 2:
         raise ValueError(f"n_buckets must be 1 or even (buckets come in pairs: argmax over [xR, -xR]), "
                          f"got {n_buckets}")
@@ -464,7 +456,7 @@ def lsh_attention(q, k, v, n_buckets=8, n_rounds=1, chunk_size=None, causal=Fals
     _check_qkv(q, k, v)
     _check_buckets(n_buckets, n_rounds)
     if chunk_size is not None:
-        _positive_int("chunk_size", chunk_size)
+        checks.positive_int("chunk_size", chunk_size)
     if shared_qk and k is not q:
         raise ValueError("shared_qk=True takes the keys from the queries: pass the same tensor as q and k")
     scale = _scale(scale, q.shape[-1])
@@ -540,11 +532,6 @@ def lsh_attention(q, k, v, n_buckets=8, n_rounds=1, chunk_size=None, causal=Fals
 # --------------------------------------------------------------------------- costs
 
 
-def _positive_ints(**values) -> None:
-    for name, value in values.items():
-        _positive_int(name, value)
-
-
 def attention_flops(n, d_head, n_heads, batch=1, causal=False) -> int:
     """FLOPs of the two attention matmuls, Q K^T and P V, counting a multiply-add as 2 FLOPs.
 
@@ -554,14 +541,16 @@ def attention_flops(n, d_head, n_heads, batch=1, causal=False) -> int:
     a dense masked matmul still does 4 n^2 d_head). Softmax, scaling and masking are left out.
     Multiplied by n_heads and batch.
     """
-    _positive_ints(n=n, d_head=d_head, n_heads=n_heads, batch=batch)
+    for name, value in (("n", n), ("d_head", d_head), ("n_heads", n_heads), ("batch", batch)):
+        checks.positive_int(name, value)
     pairs_times_two = n * (n + 1) if causal else 2 * n * n  # 2 x number of (query, key) pairs
     return 2 * pairs_times_two * d_head * n_heads * batch
 
 
 def score_bytes(n, n_heads, batch=1, bytes_per_element=4) -> int:
     """Bytes of the materialised n x n score (or probability) matrices: batch * n_heads * n^2 elements."""
-    _positive_ints(n=n, n_heads=n_heads, batch=batch, bytes_per_element=bytes_per_element)
+    for name, value in (("n", n), ("n_heads", n_heads), ("batch", batch), ("bytes_per_element", bytes_per_element)):
+        checks.positive_int(name, value)
     return batch * n_heads * n * n * bytes_per_element
 
 
@@ -578,9 +567,11 @@ def naive_vs_flash_hbm_bytes(n, d_head, sram_bytes, bytes_per_element=2) -> dict
       Theta(N^2 d^2 / M), since T_c ~ 4Nd / M.
 
     Returns {"naive": bytes, "flash": bytes, "block_k": B_c}. Flash moves fewer bytes when
-    M is much larger than d (every GPU: d = 64-128, M ~ 100 KB of SRAM per streaming multiprocessor).
+    M is much larger than d (on GPUs d = 64-128, and M is the shared memory of a streaming
+    multiprocessor: 192 KB on the A100, up to 228 KB on the H100; see ``hardware.SRAM_PER_SM``).
     """
-    _positive_ints(n=n, d_head=d_head, sram_bytes=sram_bytes, bytes_per_element=bytes_per_element)
+    for name, value in (("n", n), ("d_head", d_head), ("sram_bytes", sram_bytes), ("bytes_per_element", bytes_per_element)):
+        checks.positive_int(name, value)
     sram_elements = sram_bytes // bytes_per_element
     if sram_elements < 1:
         raise ValueError(f"sram_bytes={sram_bytes} holds no element of {bytes_per_element} bytes")

@@ -21,6 +21,7 @@ import os
 import torch
 
 from book import attention as _attention
+from book import checks
 
 try:
     import triton
@@ -90,7 +91,7 @@ if triton is not None:
 
 
 def _power_of_two_block(name: str, value) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 16 or value & (value - 1):
+    if checks.positive_int(name, value) < 16 or value & (value - 1):
         raise ValueError(f"{name} must be a power of two of at least 16 (a Triton tile), got {value!r}")
     return value
 

@@ -14,8 +14,11 @@ import math
 import numbers
 from collections.abc import Iterable
 
+import numpy as np
+
 __all__ = ["integer", "positive_int", "nonnegative_int", "real", "finite_float", "positive_float",
-           "nonnegative_float", "probability", "one_of", "optional"]
+           "nonnegative_float", "probability", "one_of", "optional", "instance", "token_ids",
+           "finite_result"]
 
 
 def _type_error(name: str, value, allowed: str) -> TypeError:
@@ -104,3 +107,69 @@ def one_of(name: str, value, allowed: Iterable):
 def optional(check, name: str, value, **kwargs):
     """``None``, or a value that passes ``check``: ``optional(positive_int, "log_every", x)``."""
     return None if value is None else check(name, value, **kwargs)
+
+
+def instance(name: str, value, types, allowed: str | None = None):
+    """``value`` if it is an instance of ``types`` (a type or a tuple of them); else TypeError."""
+    if not isinstance(value, types):
+        names = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+        raise _type_error(name, value, allowed or f"a {names}")
+    return value
+
+
+def token_ids(vocab_size: int, **tensors):
+    """Check tensors of token ids, given by name: ``token_ids(V, idx=idx, targets=targets)``.
+
+    Each must be a tensor of an integer dtype (``TypeError``) with every id in ``[0, vocab_size)``
+    (``ValueError`` naming the tensor, the offending id and the allowed range). The range check is
+    one min/max over all of them: a single device sync on a GPU. Tensors given as ``None`` are
+    skipped.
+    """
+    import torch  # here, so that checks stay importable (and fast) without torch
+
+    given = {name: t for name, t in tensors.items() if t is not None}
+    for name, t in given.items():
+        if not isinstance(t, torch.Tensor):
+            raise _type_error(name, t, "a tensor of token ids")
+        if t.dtype == torch.bool or t.dtype.is_floating_point or t.dtype.is_complex:
+            raise TypeError(f"{name} must be a tensor of integer token ids, got dtype {t.dtype}")
+    # a meta tensor (shapes only, as when counting FLOPs) has no ids to check
+    nonempty = {name: t for name, t in given.items() if t.numel() and not t.is_meta}
+    if not nonempty:
+        return
+    dev = next(iter(nonempty.values())).device
+    bounds = torch.stack([torch.stack(t.aminmax()).to(device=dev, dtype=torch.int64)
+                          for t in nonempty.values()])
+    for name, (low, high) in zip(nonempty, bounds.tolist()):
+        if low < 0 or high >= vocab_size:
+            bad = low if low < 0 else high
+            raise ValueError(f"{name} must hold token ids in [0, vocab_size={vocab_size}), "
+                             f"got {bad}")
+
+
+def finite_result(value, *names: str) -> float:
+    """``value`` if it is a finite real number; else ``ValueError`` blaming the arguments ``names``.
+
+    For results that overflow (or underflow to a division by zero) although every argument was
+    finite: the caller learns which arguments are too extreme instead of receiving inf or nan.
+    """
+    if isinstance(value, complex) or not math.isfinite(value):
+        raise ValueError(f"{', '.join(names)} are too extreme: the result is {value}, "
+                         "not a finite number")
+    return value
+
+
+def positive_array(name: str, value):
+    """A positive finite number, or an array of them: a ``float`` or a float ``ndarray`` back.
+
+    For formulas that take one size or many (``loss_of_n(N)``); bools and non-numbers are refused.
+    """
+    if isinstance(value, bool) or isinstance(value, str):
+        raise _type_error(name, value, "a positive number or an array of positive numbers")
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise _type_error(name, value, "a positive number or an array of positive numbers") from None
+    if arr.size == 0 or np.any(~np.isfinite(arr)) or np.any(arr <= 0):
+        raise ValueError(f"{name} must be positive and finite (every entry > 0), got {value!r}")
+    return arr if arr.ndim else float(arr)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import importlib.util
+import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -25,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from book import checks
 
 # --------------------------------------------------------------------------- tokenizers
 
@@ -35,6 +38,7 @@ class CharTokenizer:
     kind = "char"
 
     def __init__(self, alphabet: str):
+        checks.instance("alphabet", alphabet, str)
         if not alphabet:
             raise ValueError("alphabet must not be empty")
         self.alphabet = "".join(sorted(set(alphabet)))
@@ -45,6 +49,7 @@ class CharTokenizer:
         return len(self.alphabet)
 
     def encode(self, text: str) -> torch.Tensor:
+        checks.instance("text", text, str)
         unknown = set(text) - self._index.keys()
         if unknown:
             raise ValueError(f"text has characters outside the alphabet: {sorted(unknown)[:10]}")
@@ -55,7 +60,22 @@ class CharTokenizer:
         return torch.tensor([self._index[ch] for ch in text], dtype=torch.long)
 
     def decode(self, ids) -> str:
-        return "".join(self.alphabet[i] for i in torch.as_tensor(ids).tolist())
+        return "".join(self.alphabet[i] for i in _ids_list(ids, self.vocab_size))
+
+
+def _ids_list(ids, vocab_size: int) -> list[int]:
+    # Token ids as a flat list of ints, each checked against the vocabulary: a negative id would
+    # otherwise silently index from the end of the alphabet.
+    if not isinstance(ids, torch.Tensor):
+        try:
+            ids = torch.as_tensor(ids)
+        except (TypeError, ValueError, RuntimeError, OverflowError):
+            raise TypeError(f"ids must be a sequence or tensor of int token ids, got {ids!r}") \
+                from None
+        if ids.numel() == 0:
+            ids = ids.long()
+    checks.token_ids(vocab_size, ids=ids)
+    return ids.reshape(-1).tolist()
 
 
 class ByteTokenizer:
@@ -65,10 +85,13 @@ class ByteTokenizer:
     vocab_size = 256
 
     def encode(self, text: str) -> torch.Tensor:
+        checks.instance("text", text, str)
+        if not text:
+            return torch.zeros(0, dtype=torch.long)
         return torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8).long()
 
     def decode(self, ids) -> str:
-        return bytes(torch.as_tensor(ids).tolist()).decode("utf-8", errors="replace")
+        return bytes(_ids_list(ids, self.vocab_size)).decode("utf-8", errors="replace")
 
 
 # --------------------------------------------------------------------------- datasets
@@ -86,12 +109,17 @@ class TokenDataset:
     entropy_rate: float | None = None  # nats/token, when the source's is known exactly
 
     def __post_init__(self):
+        checks.positive_int("vocab_size", self.vocab_size)
+        checks.instance("name", self.name, str)
+        checks.optional(checks.nonnegative_float, "entropy_rate", self.entropy_rate)
         for split in ("train", "val"):
             tokens = getattr(self, split)
+            checks.instance(split, tokens, torch.Tensor, "a 1-D tensor of token ids")
             if tokens.ndim != 1 or tokens.numel() == 0:
                 raise ValueError(f"{split} must be a non-empty 1-D tensor of token ids, got shape {tuple(tokens.shape)}")
-        if self.vocab_size <= 0:
-            raise ValueError(f"vocab_size must be positive, got {self.vocab_size}")
+        # Every id within the vocabulary (one min/max per split): an id >= vocab_size would fail
+        # deep inside the embedding, a negative one would silently index from the end.
+        checks.token_ids(self.vocab_size, train=self.train, val=self.val)
 
     def split(self, name: str) -> torch.Tensor:
         if name not in ("train", "val"):
@@ -102,8 +130,11 @@ class TokenDataset:
 def get_batch(tokens: torch.Tensor, batch_size: int, n_ctx: int, generator: torch.Generator | None = None,
               device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """``batch_size`` random windows of ``n_ctx`` tokens, and the same windows shifted by one (targets)."""
-    if batch_size <= 0 or n_ctx <= 0:
-        raise ValueError(f"batch_size and n_ctx must be positive, got {batch_size} and {n_ctx}")
+    checks.positive_int("batch_size", batch_size)
+    checks.positive_int("n_ctx", n_ctx)
+    checks.instance("tokens", tokens, torch.Tensor)
+    if tokens.ndim != 1:
+        raise ValueError(f"tokens must be a 1-D tensor of token ids, got {tuple(tokens.shape)}")
     if tokens.numel() < n_ctx + 1:
         raise ValueError(f"corpus too short: {tokens.numel()} tokens, but a window of n_ctx={n_ctx} needs {n_ctx + 1}")
     starts = torch.randint(0, tokens.numel() - n_ctx, (batch_size,), generator=generator)
@@ -176,8 +207,8 @@ def load_shakespeare(tokenizer: str = "char", val_fraction: float = 0.1) -> Toke
     from every genre and period, so validation loss measures generalisation to
     unseen lines rather than to an unseen style.
     """
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    checks.probability("val_fraction", val_fraction, open_low=True, open_high=True)
+    checks.one_of("tokenizer", tokenizer, ("char", "byte"))
     plays = shakespeare_plays()
     if tokenizer == "char":
         tok = CharTokenizer("".join(sorted(set(shakespeare_text()))))
@@ -197,12 +228,10 @@ def load_shakespeare(tokenizer: str = "char", val_fraction: float = 0.1) -> Toke
 
 def dataset_from_text(text: str, tokenizer: str = "char", val_fraction: float = 0.1) -> TokenDataset:
     """Any text as a ``TokenDataset``: the last ``val_fraction`` is held out."""
-    if not isinstance(text, str) or len(text) < 2:
-        raise ValueError("text must be a string of at least 2 characters")
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    if tokenizer not in ("char", "byte"):
-        raise ValueError(f"tokenizer must be 'char' or 'byte', got {tokenizer!r}")
+    if len(checks.instance("text", text, str)) < 2:
+        raise ValueError(f"text must be a string of at least 2 characters, got {text!r}")
+    checks.probability("val_fraction", val_fraction, open_low=True, open_high=True)
+    checks.one_of("tokenizer", tokenizer, ("char", "byte"))
     tok = CharTokenizer(text) if tokenizer == "char" else ByteTokenizer()
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
     cut = max(1, min(len(text) - 1, int(len(text) * (1 - val_fraction))))
@@ -228,17 +257,20 @@ class MarkovSource:
 
     def __init__(self, vocab_size: int = 32, order: int = 1, n_successors: int = 4, smoothing: float = 0.01,
                  concentration: float = 1.0, seed: int = 0):
-        if vocab_size < 2:
+        if checks.integer("vocab_size", vocab_size) < 2:
             raise ValueError(f"vocab_size must be at least 2, got {vocab_size}")
-        if order < 1 or vocab_size ** order > 2**22:
-            raise ValueError(f"order must be >= 1 with vocab_size**order <= 2**22 contexts, got order={order}")
-        if not 1 <= n_successors <= vocab_size:
+        # The transition table holds vocab_size**(order + 1) probabilities: at most 2**26 (512 MiB).
+        if checks.positive_int("order", order) * math.log2(vocab_size) > 22 or \
+                (order + 1) * math.log2(vocab_size) > 26:
+            raise ValueError(f"order must be >= 1 with vocab_size**order <= 2**22 contexts and "
+                             f"vocab_size**(order+1) <= 2**26 probabilities, got order={order}, "
+                             f"vocab_size={vocab_size}")
+        if not 1 <= checks.integer("n_successors", n_successors) <= vocab_size:
             raise ValueError(f"n_successors must be in [1, vocab_size={vocab_size}], got {n_successors}")
-        if not 0 < smoothing < 1:
-            raise ValueError(f"smoothing must be in (0, 1), got {smoothing}")
-        if concentration <= 0:
-            raise ValueError(f"concentration must be positive, got {concentration}")
-        self.vocab_size, self.order, self.seed = vocab_size, order, seed
+        checks.probability("smoothing", smoothing, open_low=True, open_high=True)
+        checks.positive_float("concentration", concentration)
+        checks.nonnegative_int("seed", seed)
+        self.vocab_size, self.order, self.seed, self.smoothing = vocab_size, order, seed, smoothing
         # The name identifies the chain completely: sweeps key their results by it.
         self.name = (f"markov-V{vocab_size}-o{order}-s{n_successors}-sm{smoothing:g}"
                      f"-c{concentration:g}-seed{seed}")
@@ -266,11 +298,14 @@ class MarkovSource:
             if np.abs(new - pi).sum() < tol:
                 return new
             pi = new
-        raise RuntimeError("stationary distribution did not converge")  # cannot happen with smoothing > 0
+        # Converges for any smoothing > 0, but slowly for a nearly periodic chain (tiny smoothing).
+        raise ValueError(f"smoothing={self.smoothing} is too small: the chain's stationary "
+                         f"distribution did not converge in {max_iter} steps; use a larger one")
 
     def sample(self, n_tokens: int, seed: int = 0) -> torch.Tensor:
         """A stationary sample path of ``n_tokens`` tokens."""
-        if n_tokens < self.order + 1:
+        checks.nonnegative_int("seed", seed)
+        if checks.integer("n_tokens", n_tokens) < self.order + 1:
             raise ValueError(f"n_tokens must be at least order+1={self.order + 1}, got {n_tokens}")
         rng = np.random.default_rng([self.seed, seed])
         context = int(rng.choice(len(self.stationary), p=self.stationary))
@@ -288,6 +323,7 @@ class MarkovSource:
 
     def dataset(self, n_train: int, n_val: int, seed: int = 0) -> TokenDataset:
         """Independent train and validation sample paths, with the entropy rate attached."""
+        checks.nonnegative_int("seed", seed)
         return TokenDataset(train=self.sample(n_train, seed=2 * seed), val=self.sample(n_val, seed=2 * seed + 1),
                             vocab_size=self.vocab_size, name=f"{self.name}-train{n_train}-val{n_val}-seed{seed}",
                             entropy_rate=self.entropy_rate)

@@ -17,31 +17,24 @@ plain layer's mean square constant in expectation.
 
 ``WindowLM`` puts a stack to work: it predicts the next character from the previous
 ``context`` characters (embedded, concatenated, projected to width w), through the stack,
-to a linear read-out over the vocabulary.
+to a linear read-out over the vocabulary. It has the GPT's forward contract
+(``model(idx, targets) -> (logits, loss)``, ``model.config.n_ctx``), so ``book.train.train``
+trains it and ``book.train.evaluate`` scores it on fixed windows.
 """
 
 from __future__ import annotations
 
-import math
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from book.data import TokenDataset, get_batch
+from book import checks
+from book.data import get_batch
 
 VARIANTS = ("plain", "residual", "pre_ln", "post_ln")
 INITS = ("default", "kaiming")
-
-
-def _check_positive_int(name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
-def _check_choice(name: str, value, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
 
 
 class DeepLayer(nn.Module):
@@ -49,8 +42,8 @@ class DeepLayer(nn.Module):
 
     def __init__(self, width: int, variant: str = "residual"):
         super().__init__()
-        _check_positive_int("width", width)
-        _check_choice("variant", variant, VARIANTS)
+        checks.positive_int("width", width)
+        checks.one_of("variant", variant, VARIANTS)
         self.variant = variant
         self.up = nn.Linear(width, width)
         self.down = nn.Linear(width, width)
@@ -74,10 +67,10 @@ class DeepStack(nn.Module):
 
     def __init__(self, n_layer: int, width: int, variant: str = "residual", init: str = "default"):
         super().__init__()
-        _check_positive_int("n_layer", n_layer)
-        _check_positive_int("width", width)
-        _check_choice("variant", variant, VARIANTS)
-        _check_choice("init", init, INITS)
+        checks.positive_int("n_layer", n_layer)
+        checks.positive_int("width", width)
+        checks.one_of("variant", variant, VARIANTS)
+        checks.one_of("init", init, INITS)
         self.variant, self.width = variant, width
         self.layers = nn.ModuleList(DeepLayer(width, variant) for _ in range(n_layer))
         if init == "kaiming":
@@ -101,9 +94,9 @@ class DeepStack(nn.Module):
 
 def stack_params(n_layer: int, width: int, variant: str) -> int:
     """Exact parameter count of ``DeepStack(n_layer, width, variant)``: two W and b per layer, and LN's gain and bias."""
-    _check_positive_int("n_layer", n_layer)
-    _check_positive_int("width", width)
-    _check_choice("variant", variant, VARIANTS)
+    checks.positive_int("n_layer", n_layer)
+    checks.positive_int("width", width)
+    checks.one_of("variant", variant, VARIANTS)
     per_layer = 2 * (width * width + width) + (2 * width if variant in ("pre_ln", "post_ln") else 0)
     return n_layer * per_layer
 
@@ -141,6 +134,22 @@ def weight_grad_norms(stack: DeepStack) -> torch.Tensor:
 # --------------------------------------------------------------------------- a task for the stacks
 
 
+@dataclass(frozen=True)
+class WindowLMConfig:
+    """A ``WindowLM``'s sizes; ``n_ctx`` (= context) is the window a training batch is cut into."""
+
+    vocab_size: int
+    n_ctx: int
+    width: int
+    n_layer: int
+    variant: str
+    d_embed: int
+    init: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 class WindowLM(nn.Module):
     """Next-character prediction from a fixed window of ``context`` previous characters.
 
@@ -152,8 +161,9 @@ class WindowLM(nn.Module):
                  d_embed: int = 16, init: str = "default"):
         super().__init__()
         for name, value in (("vocab_size", vocab_size), ("context", context), ("d_embed", d_embed)):
-            _check_positive_int(name, value)
+            checks.positive_int(name, value)
         self.context = context
+        self.config = WindowLMConfig(vocab_size, context, width, n_layer, variant, d_embed, init)
         self.embed = nn.Embedding(vocab_size, d_embed)
         self.proj_in = nn.Linear(context * d_embed, width)
         self.stack = DeepStack(n_layer, width, variant, init)
@@ -170,11 +180,20 @@ class WindowLM(nn.Module):
         return F.cross_entropy(self.head(h), targets)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        """Logits for the token after each window, and the loss against ``targets``.
+
+        ``targets`` is either the next token of each window (B,) or, as ``book.data.get_batch`` and
+        ``book.train`` give it, the window shifted by one (B, context), whose last column is that token.
+        """
         logits = self.head(self.stack(self.features(idx)))
+        if targets is not None and targets.ndim == 2:
+            targets = targets[:, -1]
         return logits, (None if targets is None else F.cross_entropy(logits, targets))
 
     def grad_norms(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """``layer_grad_norms`` of this model's stack for windows ``idx`` and next characters ``targets``."""
+        if targets.ndim == 2:
+            targets = targets[:, -1]
         return layer_grad_norms(self.stack, self.features(idx), lambda h: self.loss_from_output(h, targets))
 
 
@@ -183,61 +202,3 @@ def window_batch(tokens: torch.Tensor, context: int, batch_size: int, generator:
     """``batch_size`` random windows of ``context`` tokens (B, context) and the token after each (B,)."""
     x, y = get_batch(tokens, batch_size, context, generator, device)
     return x, y[:, -1]  # y is x shifted by one: its last column is the next token after the window
-
-
-@torch.no_grad()
-def window_loss(model: WindowLM, tokens: torch.Tensor, n_windows: int = 4096, seed: int = 1234,
-                chunk: int = 1024) -> float:
-    """Mean cross-entropy (nats) on ``n_windows`` windows of ``tokens``, the same ones every call."""
-    _check_positive_int("n_windows", n_windows)
-    was_training = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    x, y = window_batch(tokens, model.context, n_windows, torch.Generator().manual_seed(seed))
-    total = sum(F.cross_entropy(model(xc.to(dev))[0], yc.to(dev), reduction="sum").item()
-                for xc, yc in zip(x.split(chunk), y.split(chunk)))
-    model.train(was_training)
-    return total / n_windows
-
-
-def _adam(params: list, lr: float) -> torch.optim.Adam:
-    try:  # fused: one kernel for all parameters, several times faster than a loop over 200 small tensors
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, ValueError):  # a torch without fused Adam on this device
-        return torch.optim.Adam(params, lr=lr)
-
-
-def train_window_lm(model: WindowLM, data: TokenDataset, steps: int, lr: float, batch_size: int = 64,
-                    seed: int = 0, eval_windows: int = 4096, log_every: int | None = None) -> dict:
-    """Train ``model`` in place with Adam at a constant ``lr`` (no clipping, no decay, no schedule).
-
-    The same optimizer for every variant, so that differences come from the stack. Returns
-    ``{"curve": [(step, train loss of that step's batch)], "train_loss", "val_loss", "diverged"}``;
-    the final losses are ``window_loss`` on fixed windows of each split (inf if training diverged).
-    """
-    if not isinstance(model, WindowLM):
-        raise ValueError(f"model must be a WindowLM, got {type(model).__name__}")
-    _check_positive_int("steps", steps)
-    _check_positive_int("batch_size", batch_size)
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
-    log_every = log_every or max(1, steps // 50)
-    dev = next(model.parameters()).device
-    optimizer = _adam(list(model.parameters()), lr)
-    sampler = torch.Generator().manual_seed(seed)
-    model.train()
-    curve = []
-    for step in range(steps):
-        x, y = window_batch(data.train, model.context, batch_size, sampler, dev)
-        _, loss = model(x, y)
-        if not torch.isfinite(loss):
-            return {"curve": curve, "train_loss": math.inf, "val_loss": math.inf, "diverged": True}
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if step % log_every == 0 or step == steps - 1:
-            curve.append((step, loss.item()))
-    train_loss, val_loss = (window_loss(model, data.split(s), eval_windows) for s in ("train", "val"))
-    diverged = not (math.isfinite(train_loss) and math.isfinite(val_loss))
-    return {"curve": curve, "train_loss": train_loss if not diverged else math.inf,
-            "val_loss": val_loss if not diverged else math.inf, "diverged": diverged}

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from book import checks
+
 PROFILES = ("cpu", "gpu")
 _PROFILE_CHOICES = ("auto",) + PROFILES
 _DEVICE_CHOICES = ("auto", "cpu", "cuda")
@@ -69,6 +71,7 @@ def setup(seed: int | None = 0) -> torch.device:
     Parameters stay in float32 everywhere (mixed precision is done by autocast in
     ``book.train``). On CUDA, float32 matmuls may use TF32 tensor cores.
     """
+    checks.optional(checks.nonnegative_int, "seed", seed)
     torch.set_default_dtype(torch.float32)
     dev = device()
     if dev.type == "cuda":
@@ -80,8 +83,7 @@ def setup(seed: int | None = 0) -> torch.device:
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices)."""
-    if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    checks.nonnegative_int("seed", seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

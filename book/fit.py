@@ -11,21 +11,92 @@ keeps one bad run from dragging the whole curve.
 ``fit_chinchilla`` fits Hoffmann et al.'s two-variable law L(N, D) = E + A / N^alpha + B / D^beta the same
 way, from their grid of 4,500 starting points, optimised all at once (``_batched_lbfgs``) with analytic
 gradients; ``ChinchillaFit.optimal(C)`` is the closed-form compute-optimal (N, D).
+
+``fit_exponent`` is the plain least-squares line in log-log, y = k x^p, for a handful of points.
+
+Every fit's intervals come from one bootstrap: ``bootstrap_indices`` draws the resamples (sized and
+seeded by the caller), ``bootstrap_intervals`` turns the refitted parameters into percentile intervals.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import huber
 
+from book import checks
+
 PARAMS = ("E", "A", "alpha")
 # Tolerances on the objective in units of delta^2; tighter ones only add evaluations, not accuracy.
 LBFGS_OPTIONS = {"ftol": 1e-10, "gtol": 1e-6, "maxiter": 1000}
 ALPHA_BOUNDS = (-5.0, 5.0)  # wide enough for any scaling law; keeps bad resamples finite
+
+
+# --------------------------------------------------------------------------- the bootstrap
+
+
+def bootstrap_indices(n_points: int, *, n_bootstrap: int, seed: int) -> Iterator[np.ndarray]:
+    """The bootstrap's resamples: ``n_bootstrap`` arrays of ``n_points`` indices drawn with replacement.
+
+    Drawn one after another from ``np.random.default_rng(seed)``, so the same call gives the same
+    resamples. The caller refits on each and may skip a degenerate one (too few distinct points).
+    """
+    n_points = checks.positive_int("n_points", n_points)
+    n_bootstrap = checks.nonnegative_int("n_bootstrap", n_bootstrap)
+    rng = np.random.default_rng(checks.nonnegative_int("seed", seed))
+    return (rng.integers(0, n_points, size=n_points) for _ in range(n_bootstrap))  # checked now, drawn lazily
+
+
+def bootstrap_intervals(samples, names, level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Percentile intervals, ``{name: (low, high)}``, from refitted parameters (one row per resample).
+
+    Non-finite values in a column are left out; a column with none left gives (NaN, NaN).
+    """
+    names = tuple(names)
+    level = checks.probability("level", level, open_low=True, open_high=True)
+    arr = np.asarray(samples, dtype=float).reshape(-1, len(names))
+    tail = round(50 * (1 - level), 12)  # 2.5 for 95%, exactly
+    out = {}
+    for j, name in enumerate(names):
+        col = arr[:, j][np.isfinite(arr[:, j])]
+        lo, hi = np.percentile(col, [tail, 100 - tail]) if col.size else (np.nan, np.nan)
+        out[name] = (float(lo), float(hi))
+    return out
+
+
+@dataclass(frozen=True)
+class ExponentFit:
+    """y = coefficient * x^exponent by least squares in log-log; ``ci``: the exponent's bootstrap interval."""
+
+    exponent: float
+    coefficient: float
+    ci: tuple[float, float]
+    n_points: int
+
+    def predict(self, x):
+        return self.coefficient * np.asarray(x, dtype=float) ** self.exponent
+
+
+def fit_exponent(x, y, *, n_bootstrap: int, seed: int) -> ExponentFit:
+    """The straight line through (log x, log y): y = k x^p, with a 95% bootstrap interval of p.
+
+    For a few points read off a frontier (a size or a loss per budget), where a floor E would be
+    unidentifiable. ``n_bootstrap`` resamples of the points from ``seed``; those with fewer than 2
+    distinct x are skipped.
+    """
+    x, y = _check_points("x", x), _check_points("y", y)
+    if len(x) != len(y) or len(np.unique(x)) < 3:
+        raise ValueError(f"x and y need the same length and at least 3 distinct x; got lengths {len(x)} "
+                         f"and {len(y)}, {len(np.unique(x))} distinct x")
+    p, log_k = np.polyfit(np.log(x), np.log(y), 1)
+    boot = [np.polyfit(np.log(x[idx]), np.log(y[idx]), 1)[0]
+            for idx in bootstrap_indices(len(x), n_bootstrap=n_bootstrap, seed=seed) if len(np.unique(x[idx])) >= 2]
+    ci = bootstrap_intervals(np.array(boot, dtype=float).reshape(-1, 1), ["p"])["p"]
+    return ExponentFit(exponent=float(p), coefficient=float(np.exp(log_k)), ci=ci, n_points=len(x))
 
 
 @dataclass(frozen=True, repr=False)
@@ -75,22 +146,11 @@ def _check_points(name: str, values) -> np.ndarray:
     return v
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
 def _check_options(n_bootstrap, delta, seed) -> None:
-    """The options both fits share: a bootstrap size, the Huber delta and a seed."""
-    if not _is_int(n_bootstrap) or n_bootstrap < 0:
-        raise ValueError(f"n_bootstrap must be a non-negative integer (0 = no bootstrap), got {n_bootstrap!r}")
-    if not _is_number(delta) or not 0 < delta < np.inf:
-        raise ValueError(f"delta must be a positive finite number, got {delta!r}")
-    if not _is_int(seed) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-
-
-def _is_number(v) -> bool:
-    return _is_int(v) or isinstance(v, (float, np.floating))
+    """The options both fits share: a bootstrap size (0 = none), the Huber delta and a seed."""
+    checks.nonnegative_int("n_bootstrap", n_bootstrap)
+    checks.positive_float("delta", delta)
+    checks.nonnegative_int("seed", seed)
 
 
 def _objective(theta, log_u, log_y, delta, irreducible):
@@ -178,19 +238,13 @@ def fit_power_law(x, y, irreducible: bool = True, *, n_bootstrap: int = 200, see
     theta, objective = _minimise(_starts(log_u, log_y, irreducible), log_u, log_y, delta, irreducible, bounds)
 
     # Bootstrap: refit on resampled points, warm-started from the best fit.
-    rng = np.random.default_rng(seed)
     samples = []
-    for _ in range(n_bootstrap):
-        idx = rng.integers(0, len(x), size=len(x))
+    for idx in bootstrap_indices(len(x), n_bootstrap=n_bootstrap, seed=seed):
         if len(np.unique(x[idx])) <= n_params:
             continue  # too few distinct x to pin down the parameters
         theta_b, _ = _minimise([theta], log_u[idx], log_y[idx], delta, irreducible, bounds)
         samples.append(to_params(theta_b))
-    if samples:
-        low, high = np.percentile(np.array(samples), [2.5, 97.5], axis=0)
-        ci = {name: (float(l), float(h)) for name, l, h in zip(PARAMS, low, high)}
-    else:
-        ci = {name: (float("nan"), float("nan")) for name in PARAMS}
+    ci = bootstrap_intervals(samples, PARAMS)
 
     E, A, alpha = to_params(theta)
     return PowerLawFit(E=float(E), A=float(A), alpha=float(alpha), irreducible=bool(irreducible), ci=ci,
@@ -433,8 +487,7 @@ def fit_chinchilla(N, D, loss, *, starts=None, n_bootstrap: int = 200, bootstrap
         raise ValueError(f"need at least 6 runs to fit 5 parameters, got {len(y)}")
     if len(np.unique(N)) < 2 or len(np.unique(D)) < 2:
         raise ValueError("N and D must each take at least 2 distinct values: the law separates their effects")
-    if not _is_int(bootstrap_starts) or bootstrap_starts < 1:
-        raise ValueError(f"bootstrap_starts must be a positive integer, got {bootstrap_starts!r}")
+    checks.positive_int("bootstrap_starts", bootstrap_starts)
     _check_options(n_bootstrap, delta, seed)
     grid = hoffmann_grid() if starts is None else _check_starts(starts)
 
@@ -487,9 +540,8 @@ def fit_chinchilla(N, D, loss, *, starts=None, n_bootstrap: int = 200, bootstrap
                 break
             if all(np.max(np.abs(x[i] - bst) / np.maximum(np.abs(bst), 1e-3)) > 0.01 for bst in basins):
                 basins.append(x[i])
-        rng = np.random.default_rng(seed)
-        counts = np.stack([np.bincount(rng.integers(0, len(y), len(y)), minlength=len(y))
-                           for _ in range(n_bootstrap)]).astype(float)
+        counts = np.stack([np.bincount(idx, minlength=len(y))
+                           for idx in bootstrap_indices(len(y), n_bootstrap=n_bootstrap, seed=seed)]).astype(float)
         k = len(basins)
         xb, fb, _ = _batched_lbfgs(batch(np.repeat(counts, k, axis=0)), np.tile(np.array(basins), (n_bootstrap, 1)))
         fb = np.where(np.isfinite(fb), fb, np.inf).reshape(n_bootstrap, k)
@@ -499,13 +551,7 @@ def fit_chinchilla(N, D, loss, *, starts=None, n_bootstrap: int = 200, bootstrap
         with np.errstate(all="ignore"):
             a_exp, b_exp = be / (al + be), al / (al + be)
             G_ = (al * A_ / (be * B_)) ** (1 / (al + be))
-        samples = np.column_stack([p, a_exp, b_exp, G_])
-        for j, name in enumerate(names):
-            col = samples[:, j]
-            col = col[np.isfinite(col)]
-            if col.size:
-                lo, hi = np.percentile(col, [2.5, 97.5])
-                ci[name] = (float(lo), float(hi))
+        ci = bootstrap_intervals(np.column_stack([p, a_exp, b_exp, G_]), names)
 
     E, A, B, alpha, beta = to_params(best)[0]
     return ChinchillaFit(E=float(E), A=float(A), B=float(B), alpha=float(alpha), beta=float(beta), ci=ci,

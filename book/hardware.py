@@ -8,17 +8,16 @@ each with its source, for the back-of-the-envelope sums of later chapters.
 
 from __future__ import annotations
 
-import json
-import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 
 import torch
 from torch.utils import benchmark
 
+from book import checks
 from book import device as _device
-from book.storage import write_json_atomic
+from book.storage import read_json_checked, write_json_atomic
 
 TERA = 1e12
 
@@ -34,6 +33,7 @@ class Accelerator:
     source: str  # bibtex key in references.bib, and the table it comes from
 
     def peak(self, dtype: str = "bfloat16") -> float:
+        checks.instance("dtype", dtype, str)
         if dtype not in self.peak_flops:
             raise ValueError(f"dtype {dtype!r} has no published peak for {self.name}: "
                              f"allowed are {sorted(self.peak_flops)}")
@@ -73,9 +73,16 @@ ACCELERATORS = {
         source="nvidia2023l4: L4 datasheet (sparse figures halved)"),
 }
 
+# On-chip SRAM per streaming multiprocessor (bytes), for IO models such as FlashAttention's.
+# A100: 192 KB on each of its 108 SMs (dao2022flashattention, section 2.1). H100 SXM: up to
+# 228 KB of shared memory per SM, 132 SMs (nvidia2022h100arch: H100 architecture whitepaper).
+SRAM_PER_SM = {"A100": 192 * 1024, "H100 SXM": 228 * 1024}
+SM_COUNT = {"A100": 108, "H100 SXM": 132}
+
 
 def accelerator(name: str) -> Accelerator:
     """Look up an accelerator by its short name (``"H100 SXM"``, ``"A100"``, ...)."""
+    checks.instance("name", name, str)
     if name not in ACCELERATORS:
         raise ValueError(f"name {name!r} is not a known accelerator: allowed are {sorted(ACCELERATORS)}")
     return ACCELERATORS[name]
@@ -85,23 +92,29 @@ def accelerator(name: str) -> Accelerator:
 
 def matmul_flops(m: int, n: int, k: int) -> int:
     """FLOPs of an (m x k) @ (k x n) product: one multiply and one add per term."""
+    m, n, k = checks.positive_int("m", m), checks.positive_int("n", n), checks.positive_int("k", k)
     return 2 * m * n * k
 
 
 def matmul_intensity(m: int, n: int, k: int, bytes_per_element: int = 4) -> float:
     """Arithmetic intensity (FLOP per byte moved) of an (m x k) @ (k x n) product,
     reading both inputs and writing the output once."""
-    for name, value in (("m", m), ("n", n), ("k", k), ("bytes_per_element", bytes_per_element)):
-        if value <= 0:
-            raise ValueError(f"{name} must be positive, got {value}")
+    checks.positive_int("bytes_per_element", bytes_per_element)
     return matmul_flops(m, n, k) / (bytes_per_element * (m * k + k * n + m * n))
 
 
 def roofline(intensity, peak_flops: float, bandwidth: float):
     """Attainable FLOP/s at a given arithmetic intensity: min(peak, intensity x bandwidth)."""
-    if peak_flops <= 0 or bandwidth <= 0:
-        raise ValueError("peak_flops and bandwidth must be positive")
-    return torch.minimum(torch.as_tensor(intensity, dtype=torch.float64) * bandwidth,
+    checks.positive_float("peak_flops", peak_flops)
+    checks.positive_float("bandwidth", bandwidth)
+    try:
+        intensity = torch.as_tensor(intensity, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"intensity must be a number or an array of numbers, got {intensity!r}") from None
+    if not bool(torch.all(torch.isfinite(intensity) & (intensity >= 0))):
+        raise ValueError("intensity must hold finite non-negative FLOP per byte, "
+                         f"got {intensity.tolist()}")
+    return torch.minimum(intensity * bandwidth,
                          torch.tensor(peak_flops, dtype=torch.float64)).numpy()
 
 
@@ -109,8 +122,7 @@ def roofline(intensity, peak_flops: float, bandwidth: float):
 
 def _dtype(name: str) -> torch.dtype:
     allowed = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in allowed:
-        raise ValueError(f"dtype {name!r}: allowed are {sorted(allowed)}")
+    checks.one_of("dtype", name, sorted(allowed))
     return allowed[name]
 
 
@@ -120,8 +132,9 @@ def measure_seconds(fn, min_run_time: float = 0.2) -> float:
     It warms up, repeats until ``min_run_time`` has passed, synchronises CUDA and
     uses the thread count torch is set to: the details a hand-rolled loop gets wrong.
     """
-    if min_run_time <= 0:
-        raise ValueError(f"min_run_time must be positive, got {min_run_time}")
+    checks.positive_float("min_run_time", min_run_time)
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {fn!r}")
     timer = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
@@ -129,8 +142,7 @@ def measure_seconds(fn, min_run_time: float = 0.2) -> float:
 def measure_matmul(n: int, dtype: str = "float32", dev: torch.device | None = None,
                    min_run_time: float = 0.2) -> float:
     """Measured FLOP/s of an n x n x n matmul on ``dev`` (median of repeated runs)."""
-    if n <= 0:
-        raise ValueError(f"n must be positive, got {n}")
+    checks.positive_int("n", n)
     dev = dev or _device.device()
     a = torch.randn(n, n, device=dev, dtype=_dtype(dtype))
     b = torch.randn(n, n, device=dev, dtype=_dtype(dtype))
@@ -140,7 +152,7 @@ def measure_matmul(n: int, dtype: str = "float32", dev: torch.device | None = No
 def measure_bandwidth(n_bytes: int = 256 * 2**20, dev: torch.device | None = None,
                       min_run_time: float = 0.2) -> float:
     """Measured memory bandwidth (bytes/s) of a large copy: it reads and writes ``n_bytes``."""
-    if n_bytes < 2**20:
+    if checks.integer("n_bytes", n_bytes) < 2**20:
         raise ValueError(f"n_bytes must be at least 1 MiB so caches don't flatter the result, got {n_bytes}")
     dev = dev or _device.device()
     src = torch.empty(n_bytes // 4, dtype=torch.float32, device=dev).uniform_()
@@ -160,6 +172,7 @@ class MachinePeaks:
     threads: int = 0
 
     def peak(self, dtype: str = "float32") -> float:
+        checks.instance("dtype", dtype, str)
         if dtype not in self.matmul_flops_per_s:
             raise ValueError(f"dtype {dtype!r} was not measured: measured are {sorted(self.matmul_flops_per_s)}")
         return self.matmul_flops_per_s[dtype]
@@ -184,10 +197,11 @@ def measure_peaks(dev: torch.device | None = None, sizes: list[int] | None = Non
     A peak is the best of ``repeats`` measurements at each size: a moment of
     interference can only slow a run down, so the best is the least disturbed.
     """
-    if repeats < 1:
-        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    checks.positive_int("repeats", repeats)
     dev = dev or _device.device()
     sizes = sizes or _peak_sizes(dev)
+    for n in sizes:
+        checks.positive_int("sizes", n)
     flops = {dt: max(measure_matmul(n, dt, dev) for n in sizes for _ in range(repeats))
              for dt in _training_dtypes(dev)}
     peaks = MachinePeaks(device=dev.type, device_name=_device.device_name(dev), matmul_flops_per_s=flops,
@@ -198,12 +212,26 @@ def measure_peaks(dev: torch.device | None = None, sizes: list[int] | None = Non
     return peaks
 
 
+def _check_peaks(stored) -> None:
+    # The file must be exactly a MachinePeaks: every field, of its type; peaks positive, finite.
+    types = {"device": str, "device_name": str, "matmul_flops_per_s": dict,
+             "memory_bandwidth_bytes_per_s": (int, float), "measured_at": str, "threads": int}
+    if not isinstance(stored, dict) or set(stored) != {f.name for f in fields(MachinePeaks)}:
+        raise ValueError(f"expected the fields {sorted(types)}")
+    for name, kind in types.items():
+        checks.instance(name, stored[name], kind)
+    for dtype, flops in stored["matmul_flops_per_s"].items():
+        checks.positive_float(f"matmul_flops_per_s[{dtype!r}]", flops)
+    checks.positive_float("memory_bandwidth_bytes_per_s", stored["memory_bandwidth_bytes_per_s"])
+
+
 def measured_peaks(dev: torch.device | None = None, refresh: bool = False) -> MachinePeaks:
     """This machine's peaks: from the cache when they were measured on the same device, else measured now."""
     dev = dev or _device.device()
     path = _peaks_path()
-    if not refresh and path.exists():
-        cached = MachinePeaks(**json.loads(path.read_text()))
+    stored = None if refresh else read_json_checked(path, _check_peaks)
+    if stored is not None:
+        cached = MachinePeaks(**stored)
         if (cached.device == dev.type and cached.device_name == _device.device_name(dev)
                 and set(_training_dtypes(dev)) <= set(cached.matmul_flops_per_s)):
             return cached
@@ -236,19 +264,17 @@ PALM_540B_MFU = 0.462
 
 def training_flops(n_params: float, n_tokens: float) -> float:
     """C = 6 N D: 2 FLOPs per parameter per token forward, twice that backward (Kaplan et al. 2020)."""
-    for name, value in (("n_params", n_params), ("n_tokens", n_tokens)):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or math.isinf(value):
-            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return 6.0 * n_params * n_tokens
+    n_params = checks.positive_float("n_params", n_params)
+    flops = 6.0 * n_params * checks.positive_float("n_tokens", n_tokens)
+    return checks.finite_result(flops, "n_params", "n_tokens")
 
 
 def accelerator_hours(flops: float, peak_flops_per_s: float, mfu: float = PALM_540B_MFU) -> float:
     """Hours one accelerator of peak ``peak_flops_per_s`` needs for ``flops`` at utilisation ``mfu``
     (the fraction of the peak that training achieves; 1 means the impossible 100 %)."""
-    if not isinstance(flops, (int, float)) or isinstance(flops, bool) or not flops >= 0 or math.isinf(flops):
-        raise ValueError(f"flops must be a non-negative finite number, got {flops!r}")
-    if not isinstance(peak_flops_per_s, (int, float)) or not peak_flops_per_s > 0:
-        raise ValueError(f"peak_flops_per_s must be positive, got {peak_flops_per_s!r}")
-    if not isinstance(mfu, (int, float)) or not 0 < mfu <= 1:
-        raise ValueError(f"mfu must be in (0, 1], got {mfu!r}")
-    return flops / (peak_flops_per_s * mfu) / 3600.0
+    checks.nonnegative_float("flops", flops)
+    achieved = checks.positive_float("peak_flops_per_s", peak_flops_per_s) * checks.probability(
+        "mfu", mfu, open_low=True)
+    if achieved == 0:  # underflow
+        raise ValueError(f"peak_flops_per_s={peak_flops_per_s} times mfu={mfu} underflows to 0")
+    return checks.finite_result(flops / achieved / 3600.0, "flops", "peak_flops_per_s")

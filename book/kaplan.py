@@ -1,23 +1,11 @@
-"""Kaplan et al. (2020): their formulas, their published constants, and chapter 2's sweeps.
+"""Kaplan et al. (2020): their formulas, their published constants, and the fit ``book.fit`` does not do.
 
-Published numbers carry their source (paper, table or equation) next to them. The
-sweeps are defined once here, so that a lesson, its exercises and later chapters
-get the same runs and so the same cached results (``book.sweep``). Their names and
-run names are stable:
-
-- ``model_size_sweep(V)`` -> (sweep name, runs): models of several widths, one
-  schedule (lesson 2.2, L(N)). On the CPU profile it *is* chapter 1's
-  ``book.experiments.first_scaling_sweep`` under its sweep name
-  ``"lesson01-first-scaling-law"`` (so its cache is shared); on the GPU profile
-  ``"ch2-model-size"``, ten widths spanning 3.0 decades of N.
-- ``DATA_SWEEP = "ch2-data-law"``, ``data_sweep(V)``: models of three widths, each
-  trained on training sets cut to several sizes D (repeated as needed) and on the
-  whole text, with frequent evaluation for early stopping (lesson 2.3, L(D) and L(N, D)).
-- ``SHAPE_SWEEP = "ch2-shape"``, ``shape_sweep(V)``: models of about the same N and
-  different depth, width and heads (lesson 2.5).
-
-Fits that ``book.fit`` does not do (Kaplan's combined L(N, D)) and the compute
-frontier (lower envelope of training curves, optimal size per budget) live here too.
+Published numbers carry their source (paper, table or equation) next to them: the single-resource laws
+(1.1)-(1.3), Table 2's joint L(N, D) and its fit (``fit_kaplan_nd``), the overfitting bound (4.4),
+Kaplan's N (``kaplan_n``, equation 2.1), the GPT-3 family (Brown et al. 2020, ``GPT3_FAMILY``), FLOPs
+as torch's counter counts them, training sets cut to size (``truncated``) and early stopping.
+Chapter 2's sweeps are in ``book.experiments.ch02_kaplan``; the compute frontier, which chapter 3
+uses too, in ``book.frontier``.
 """
 
 from __future__ import annotations
@@ -29,12 +17,10 @@ import numpy as np
 import torch
 from scipy.optimize import least_squares
 
-from book import experiments
+from book import checks
 from book.data import TokenDataset
-from book.device import by_profile
-from book.model import GPT, GPTConfig, flops_per_token
-from book.sweep import Run, run_sweep
-from book.train import TrainConfig
+from book.fit import bootstrap_indices, bootstrap_intervals
+from book.model import GPT, GPTConfig
 
 # --------------------------------------------------------------------------- published constants
 
@@ -55,9 +41,13 @@ OVERFIT_COEFFICIENT, OVERFIT_EXPONENT = 5e3, 0.74
 OVERFIT_TOLERANCE = 0.02  # Section 4.2: "the variation in the loss with different random seeds is roughly 0.02"
 
 # Section 6.1, equations (6.1)-(6.2): compute-efficient allocation, N ~ C_min^0.73, S_min ~ C_min^0.03;
-# B_crit ~ C_min^0.24 (Section 6.1). Equation (6.4): the prediction from L(N, S_min), N ~ C_min^0.71.
+# B_crit ~ C_min^0.24 (Section 6.1). Equation (6.5): the prediction from L(N, S_min), N ~ C_min^0.71
+# (eq. 6.4 is the predicted frontier exponent, alpha_C^min ~ 0.054).
 N_OPT_EXPONENT, N_OPT_EXPONENT_PREDICTED = 0.73, 0.71
 B_OPT_EXPONENT, S_OPT_EXPONENT = 0.24, 0.03
+
+# Equation (1.4), Section 5.1: the critical batch size B_crit(L) = B_* / L^(1 / alpha_B), in tokens.
+B_STAR_TOKENS, ALPHA_B = 2e8, 0.21
 
 # Range of Kaplan's models: 768 to 1.5 billion non-embedding parameters (Section 3).
 KAPLAN_N_RANGE = (768, 1.5e9)
@@ -66,14 +56,14 @@ KAPLAN_VOCAB = 50257  # WebText2, byte-pair encoding (Section 2)
 
 def loss_of_n(N, N_c: float = N_C, alpha_N: float = ALPHA_N):
     """Kaplan's L(N) = (N_c / N)^alpha_N, in nats per token (of *their* tokenizer and data)."""
-    N = _positive("N", N)
-    return (N_c / N) ** alpha_N
+    N = checks.positive_array("N", N)
+    return (checks.positive_float("N_c", N_c) / N) ** checks.positive_float("alpha_N", alpha_N)
 
 
 def loss_of_d(D, D_c: float = D_C, alpha_D: float = ALPHA_D):
     """Kaplan's L(D) = (D_c / D)^alpha_D."""
-    D = _positive("D", D)
-    return (D_c / D) ** alpha_D
+    D = checks.positive_array("D", D)
+    return (checks.positive_float("D_c", D_c) / D) ** checks.positive_float("alpha_D", alpha_D)
 
 
 def loss_nd(N, D, N_c: float, D_c: float, alpha_N: float, alpha_D: float):
@@ -81,16 +71,16 @@ def loss_nd(N, D, N_c: float, D_c: float, alpha_N: float, alpha_D: float):
 
     ``D`` may be ``np.inf`` (no data limit): then L = (N_c / N)^alpha_N.
     """
-    N = _positive("N", N)
-    D = np.asarray(D, dtype=float)
-    if np.any(~(D > 0)):
-        raise ValueError("D must be positive (np.inf allowed: no data limit)")
+    N = checks.positive_array("N", N)
+    D = _data_sizes(D)
+    N_c, D_c, alpha_N, alpha_D = _law_constants(N_c, D_c, alpha_N, alpha_D)
     return ((N_c / N) ** (alpha_N / alpha_D) + D_c / D) ** alpha_D
 
 
 def overfit_data_bound(N, coefficient: float = OVERFIT_COEFFICIENT, exponent: float = OVERFIT_EXPONENT):
     """Kaplan's equation (4.4): the tokens D >~ 5e3 N^0.74 that keep overfitting within 0.02 of L(N, inf)."""
-    return coefficient * _positive("N", N) ** exponent
+    coefficient = checks.positive_float("coefficient", coefficient)
+    return coefficient * checks.positive_array("N", N) ** checks.positive_float("exponent", exponent)
 
 
 def overfit_data_bound_from(N, N_c: float, D_c: float, alpha_N: float, alpha_D: float,
@@ -100,17 +90,25 @@ def overfit_data_bound_from(N, N_c: float, D_c: float, alpha_N: float, alpha_D: 
     From equation (4.3): delta L = (1 + (N / N_c)^(alpha_N / alpha_D) D_c / D)^alpha_D - 1, so
     D = D_c (N / N_c)^(alpha_N / alpha_D) / ((1 + tolerance)^(1 / alpha_D) - 1).
     """
-    if not tolerance > 0:
-        raise ValueError(f"tolerance must be positive, got {tolerance}")
-    N = _positive("N", N)
+    tolerance = checks.positive_float("tolerance", tolerance)
+    N = checks.positive_array("N", N)
+    N_c, D_c, alpha_N, alpha_D = _law_constants(N_c, D_c, alpha_N, alpha_D)
     return D_c * (N / N_c) ** (alpha_N / alpha_D) / ((1 + tolerance) ** (1 / alpha_D) - 1)
 
 
-def _positive(name, value):
-    arr = np.asarray(value, dtype=float)
-    if np.any(~np.isfinite(arr)) or np.any(arr <= 0):
-        raise ValueError(f"{name} must be positive and finite, got {value!r}")
-    return arr if arr.ndim else float(arr)
+def _law_constants(N_c, D_c, alpha_N, alpha_D) -> tuple[float, float, float, float]:
+    return tuple(checks.positive_float(name, v) for name, v in
+                 (("N_c", N_c), ("D_c", D_c), ("alpha_N", alpha_N), ("alpha_D", alpha_D)))
+
+
+def _data_sizes(D):
+    """D > 0 as floats; ``np.inf`` allowed (no data limit)."""
+    if isinstance(D, (bool, str)):
+        raise TypeError(f"D must be a positive number or array (np.inf allowed), got {D!r}")
+    D = np.asarray(D, dtype=float)
+    if D.size == 0 or np.any(~(D > 0)):
+        raise ValueError(f"D must be positive (np.inf allowed: no data limit), got {D!r}")
+    return D
 
 
 # --------------------------------------------------------------------------- counting
@@ -118,11 +116,9 @@ def _positive(name, value):
 
 def kaplan_n(n_layer: int, d_model: int, d_ff: int | None = None, d_attn: int | None = None) -> int:
     """Kaplan's equation (2.1): N ~ 2 d_model n_layer (2 d_attn + d_ff) = 12 n_layer d^2 for the standard shape."""
-    for name, v in (("n_layer", n_layer), ("d_model", d_model)):
-        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
-    d_ff = 4 * d_model if d_ff is None else d_ff
-    d_attn = d_model if d_attn is None else d_attn
+    n_layer, d_model = checks.positive_int("n_layer", n_layer), checks.positive_int("d_model", d_model)
+    d_ff = 4 * d_model if d_ff is None else checks.positive_int("d_ff", d_ff)
+    d_attn = d_model if d_attn is None else checks.positive_int("d_attn", d_attn)
     return 2 * d_model * n_layer * (2 * d_attn + d_ff)
 
 
@@ -175,6 +171,7 @@ GPT3_FAMILY = (
     GPT3Model("GPT-3 13B", "13.0B", 40, 5140, 40, 128, 2e6, 1.0e-4, 12850e6, 268.0),
     GPT3Model("GPT-3 175B", "175.0B", 96, 12288, 96, 128, 3.2e6, 0.6e-4, 174600e6, 3640.0),
 )
+GPT3_175B = GPT3_FAMILY[-1]  # the one the course compares with most; .config() gives its GPTConfig
 
 
 def table_inconsistencies(family=GPT3_FAMILY) -> list[str]:
@@ -220,10 +217,10 @@ def counted_flops_per_token(cfg: GPTConfig, training: bool = False, batch_size: 
     ``device="meta"`` builds the model without memory or arithmetic (shapes only): the counter still
     counts every product, so even GPT-3 175B can be counted on a laptop.
     """
-    if not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if device not in ("cpu", "meta", "cuda"):
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'meta', got {device!r}")
+    batch_size = checks.positive_int("batch_size", batch_size)
+    checks.one_of("device", device, ("cpu", "meta", "cuda"))
+    if not isinstance(cfg, GPTConfig):
+        raise TypeError(f"cfg must be a book.model.GPTConfig, got {type(cfg).__name__}")
     torch.manual_seed(0)
     with torch.device(device):
         model = GPT(cfg)
@@ -244,64 +241,7 @@ def counter_formula_per_token(cfg: GPTConfig, training: bool = False) -> int:
     return 3 * forward if training else forward
 
 
-# --------------------------------------------------------------------------- the sweeps
-
-MODEL_SIZE_SWEEP_GPU = "ch2-model-size"
-
-
-def model_size_sweep(vocab_size: int) -> tuple[str, list[Run]]:
-    """Lesson 2.2's sweep: (sweep name, runs), models of several widths with one schedule.
-
-    CPU profile: chapter 1's sweep, reused as it is (7 widths 8-96 at n_layer 2, N 1.8k-224k, 2.1 decades,
-    200 steps x 16 x 64 = 204,800 tokens each). GPU profile: ``"ch2-model-size"``, 10 widths 16-512 at
-    n_layer 4 and n_ctx 256 (N 13k-12.6M, 3.0 decades), 1,000 steps x 16 x 256 = 4.1M tokens each, less
-    than the 4.5M training characters, so no token is seen twice (the schedule of ``shape_sweep``).
-    """
-    if by_profile(cpu=True, gpu=False):
-        return experiments.FIRST_SCALING_SWEEP, experiments.first_scaling_sweep(vocab_size)
-    _check_vocab(vocab_size)
-    schedule = TrainConfig(steps=1000, batch_size=16, lr=2e-3)  # 4.1M tokens: less than one epoch
-    runs = [Run(f"d{d}", GPTConfig(n_layer=4, d_model=d, n_head=max(1, d // 16), n_ctx=256, vocab_size=vocab_size),
-                schedule) for d in (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)]
-    return MODEL_SIZE_SWEEP_GPU, runs
-
-
-def _check_vocab(vocab_size):
-    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size <= 0:
-        raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
-
-
-DATA_SWEEP = "ch2-data-law"
-
-
-def data_sizes() -> list[int | None]:
-    """Lesson 2.3's training-set sizes in tokens; ``None`` is the whole training text."""
-    return by_profile(cpu=[2048, 8192, 32768, 131072, None], gpu=[2**16, 2**18, 2**20, 2**22, None])
-
-
-def data_sweep(vocab_size: int) -> list[tuple[int | None, list[Run]]]:
-    """Lesson 2.3's sweep: for each training-set size D (``data_sizes()``), the runs trained on it.
-
-    Every run has the same schedule, long enough to repeat the small sets many times
-    (CPU: 300 steps x 16 x 64 = 307,200 tokens seen; GPU: 500 x 32 x 256 = 4.1M), and is evaluated
-    20 times, so that early stopping (the best evaluation) can be read off its curve. Run names are
-    ``d{width}-D{size}`` (``D-all`` for the whole text). Widths: 16, 32, 64 at n_layer 2 (CPU); 32, 64,
-    128, 256 at n_layer 4 (GPU).
-    """
-    _check_vocab(vocab_size)
-    shape = by_profile(cpu=dict(n_layer=2, d_head=8, n_ctx=64, widths=(16, 32, 64)),
-                       gpu=dict(n_layer=4, d_head=16, n_ctx=256, widths=(32, 64, 128, 256)))
-    steps = by_profile(cpu=300, gpu=500)  # on both, the whole text is seen less than once
-    schedule = TrainConfig(steps=steps, batch_size=by_profile(cpu=16, gpu=32), lr=by_profile(cpu=3e-3, gpu=2e-3),
-                           eval_every=steps // 20)
-    out = []
-    for size in data_sizes():
-        tag = "all" if size is None else str(size)
-        out.append((size, [Run(f"d{d}-D{tag}", GPTConfig(n_layer=shape["n_layer"], d_model=d,
-                                                         n_head=d // shape["d_head"], n_ctx=shape["n_ctx"],
-                                                         vocab_size=vocab_size), schedule)
-                           for d in shape["widths"]]))
-    return out
+# --------------------------------------------------------------------------- data-limited training
 
 
 def truncated(data: TokenDataset, n_tokens: int | None, n_blocks: int = 16) -> TokenDataset:
@@ -313,9 +253,8 @@ def truncated(data: TokenDataset, n_tokens: int | None, n_blocks: int = 16) -> T
     """
     if n_tokens is None:
         return data
-    if not isinstance(n_tokens, int) or isinstance(n_tokens, bool) or n_tokens <= 0:
-        raise ValueError(f"n_tokens must be a positive int or None, got {n_tokens!r}")
-    if not isinstance(n_blocks, int) or n_blocks <= 0 or n_tokens % n_blocks:
+    n_tokens = checks.positive_int("n_tokens", n_tokens)
+    if checks.positive_int("n_blocks", n_blocks) and n_tokens % n_blocks:
         raise ValueError(f"n_blocks must be a positive int dividing n_tokens={n_tokens}, got {n_blocks!r}")
     total = data.train.numel()
     if n_tokens > total:
@@ -327,46 +266,12 @@ def truncated(data: TokenDataset, n_tokens: int | None, n_blocks: int = 16) -> T
                         name=f"{data.name}-train{n_tokens}x{n_blocks}", tokenizer=data.tokenizer)
 
 
-def run_data_sweep(data: TokenDataset, progress: bool = True) -> list[dict]:
-    """Train (or load) every run of ``data_sweep``; each result gains ``D`` (its training-set size in tokens,
-    ``inf`` for the whole text), ``epochs`` (tokens seen / D), ``best_val_loss`` and ``best_step``."""
-    results = []
-    for size, runs in data_sweep(data.vocab_size):
-        subset = truncated(data, size)
-        for r in run_sweep(runs, subset, DATA_SWEEP, progress=progress):
-            best = early_stopped(r)
-            D = float(subset.train.numel()) if size is not None else math.inf
-            results.append(r | {"D": D, "epochs": r["tokens"] / subset.train.numel(),
-                                "best_val_loss": best["val_loss"], "best_step": best["step"]})
-    return results
-
-
 def early_stopped(result: dict) -> dict:
     """The curve point with the lowest validation loss (after step 0): where early stopping keeps the model."""
     points = [p for p in result["curve"] if "val_loss" in p and p["step"] > 0]
     if not points:
         raise ValueError("result has no validation loss after step 0")
     return min(points, key=lambda p: p["val_loss"])
-
-
-SHAPE_SWEEP = "ch2-shape"
-
-
-def shape_sweep(vocab_size: int) -> list[Run]:
-    """Lesson 2.5's sweep: about the same N (~10^5 on CPU), different shapes, lesson 2's schedule.
-
-    Depth series (2 heads each): (n_layer, d_model) = (1, 92), (2, 64), (4, 46), (8, 32), (16, 22).
-    Heads series at (2, 64): 1, 8 and 32 heads (d_head 64, 8, 2). The GPU profile scales d_model by 4
-    (N ~ 1.6M) and ``model_size_sweep``'s GPU schedule (4.1M tokens, less than one epoch). Names: ``L{n_layer}-d{d_model}-h{n_head}``.
-    """
-    _check_vocab(vocab_size)
-    scale = by_profile(cpu=1, gpu=4)
-    n_ctx = by_profile(cpu=64, gpu=256)
-    schedule = TrainConfig(steps=by_profile(cpu=200, gpu=1000), batch_size=16, lr=by_profile(cpu=3e-3, gpu=2e-3))
-    shapes = [(1, 92, 2), (2, 64, 2), (4, 46, 2), (8, 32, 2), (16, 22, 2), (2, 64, 1), (2, 64, 8), (2, 64, 32)]
-    return [Run(f"L{L}-d{d * scale}-h{h}", GPTConfig(n_layer=L, d_model=d * scale, n_head=h, n_ctx=n_ctx,
-                                                     vocab_size=vocab_size), schedule)
-            for L, d, h in shapes]
 
 
 # --------------------------------------------------------------------------- fitting L(N, D)
@@ -414,17 +319,16 @@ def fit_kaplan_nd(N, D, L, n_bootstrap: int = 200, seed: int = 0) -> KaplanNDFit
     starting points; 95% intervals from ``n_bootstrap`` resamples of the points, each fitted from the full
     fit's optimum (``seed``: deterministic).
     """
-    N = _positive("N", np.atleast_1d(N))
-    D = np.atleast_1d(np.asarray(D, dtype=float))
-    L = _positive("L", np.atleast_1d(L))
+    N = np.atleast_1d(checks.positive_array("N", N))
+    D = np.atleast_1d(_data_sizes(D))
+    L = np.atleast_1d(checks.positive_array("L", L))
     if not (N.shape == D.shape == L.shape) or N.ndim != 1:
         raise ValueError(f"N, D and L must be 1-D of the same length, got {N.shape}, {D.shape}, {L.shape}")
     if np.any(~(D > 0)):
         raise ValueError("D must be positive (np.inf allowed)")
     if len(N) < 5 or len(np.unique(N)) < 2 or len(np.unique(D[np.isfinite(D)])) < 2:
         raise ValueError("need at least 5 points, 2 sizes N and 2 finite dataset sizes D")
-    if not isinstance(n_bootstrap, int) or n_bootstrap < 0:
-        raise ValueError(f"n_bootstrap must be a non-negative int, got {n_bootstrap!r}")
+    checks.nonnegative_int("n_bootstrap", n_bootstrap)
     logN, invD, logL = np.log(N), 1.0 / D, np.log(L)
 
     grid = [np.array([np.log(np.median(N)) + 5, np.log(np.median(D[np.isfinite(D)])), ratio * alpha_d, alpha_d])
@@ -444,116 +348,13 @@ def fit_kaplan_nd(N, D, L, n_bootstrap: int = 200, seed: int = 0) -> KaplanNDFit
 
     theta = solve(np.arange(len(N)), grid)
     resid = _nd_residuals(theta, logN, invD, logL)
-    rng = np.random.default_rng(seed)
     samples = []
-    for _ in range(n_bootstrap):
-        idx = rng.integers(0, len(N), len(N))
+    for idx in bootstrap_indices(len(N), n_bootstrap=n_bootstrap, seed=seed):
         if len(np.unique(N[idx])) < 2 or len(np.unique(D[idx][np.isfinite(D[idx])])) < 2:
             continue
         t = solve(idx, [theta])  # each resample starts from the full fit: the same optimum's neighbourhood
         samples.append([math.exp(t[0]), math.exp(t[1]), t[2], t[3]])
-    names = ("N_c", "D_c", "alpha_N", "alpha_D")
-    if samples:
-        arr = np.array(samples)
-        ci = {k: (float(np.percentile(arr[:, i], 2.5)), float(np.percentile(arr[:, i], 97.5)))
-              for i, k in enumerate(names)}
-    else:
-        ci = {k: (math.nan, math.nan) for k in names}
+    ci = bootstrap_intervals(samples, ("N_c", "D_c", "alpha_N", "alpha_D"))
     return KaplanNDFit(N_c=math.exp(theta[0]), D_c=math.exp(theta[1]), alpha_N=float(theta[2]),
                        alpha_D=float(theta[3]), ci=ci, rms_log_residual=float(np.sqrt(np.mean(resid**2))),
                        n_points=len(N))
-
-
-# --------------------------------------------------------------------------- the compute frontier
-
-
-def compute_curve(result: dict, loss: str = "val_loss") -> tuple[np.ndarray, np.ndarray]:
-    """A run's loss curve against training compute: (C in FLOPs, loss), step 0 left out.
-
-    C = flops_per_token(training=True) x tokens seen, Kaplan's 6N plus the attention scores. ``loss``:
-    ``"val_loss"`` (the evaluations, a tenth of the run apart by default) or ``"train_loss"`` (logged about
-    50 times a run: the mean loss of the batches since the previous point, each measured before the step
-    that learns from it, so on text seen for the first time it is a held-out loss too).
-    """
-    if loss not in ("val_loss", "train_loss"):
-        raise ValueError(f"loss must be 'val_loss' or 'train_loss', got {loss!r}")
-    cfg = GPTConfig(**result["model_config"])
-    per_token = flops_per_token(cfg, training=True)
-    points = [p for p in result["curve"] if loss in p and p["tokens"] > 0]
-    if not points:
-        raise ValueError(f"run {result.get('run')!r} has no {loss} after step 0")
-    return (np.array([per_token * p["tokens"] for p in points], dtype=float),
-            np.array([p[loss] for p in points], dtype=float))
-
-
-def _interp_loglog(C, x, y):
-    """log-log interpolation of the curve (x, y) at C; NaN outside [x.min(), x.max()]."""
-    out = np.exp(np.interp(np.log(C), np.log(x), np.log(y), left=np.nan, right=np.nan))
-    return out
-
-
-def lower_envelope(curves: list[tuple[np.ndarray, np.ndarray]], budgets) -> tuple[np.ndarray, np.ndarray]:
-    """The compute frontier: at each budget (ascending), the lowest loss any curve reaches with at most that
-    much compute, and the index of that curve; NaN and -1 below the first curve's start.
-
-    Curves are interpolated linearly in log-log between their points. "At most": a run can always be stopped
-    earlier, so the frontier never rises, even where a curve ends and the next one is not yet as good.
-    """
-    budgets = _positive("budgets", np.atleast_1d(budgets))
-    if np.any(np.diff(budgets) <= 0):
-        raise ValueError("budgets must be increasing")
-    if not curves:
-        raise ValueError("curves must not be empty")
-    table = np.vstack([_interp_loglog(budgets, x, y) for x, y in curves])  # (n_curves, n_budgets)
-    loss = np.full(len(budgets), np.nan)
-    best = np.full(len(budgets), -1)
-    for j in range(len(budgets)):
-        col = table[:, j]
-        if not np.all(np.isnan(col)):
-            k = int(np.nanargmin(col))
-            if j == 0 or np.isnan(loss[j - 1]) or col[k] <= loss[j - 1]:
-                loss[j], best[j] = col[k], k
-                continue
-        if j > 0:
-            loss[j], best[j] = loss[j - 1], best[j - 1]
-    return loss, best
-
-
-def optimal_sizes(curves: list[tuple[np.ndarray, np.ndarray]], sizes, budgets) -> np.ndarray:
-    """Compute-efficient model size at each budget: the vertex of a parabola in log N through the best run
-    and its two neighbours in size (losses read off their curves at that budget). NaN where the best run
-    is the smallest or largest (the optimum is outside the sweep) or a neighbour's curve does not reach."""
-    sizes = _positive("sizes", np.atleast_1d(sizes))
-    if len(sizes) != len(curves):
-        raise ValueError(f"sizes ({len(sizes)}) and curves ({len(curves)}) must have the same length")
-    order = np.argsort(sizes)
-    budgets = _positive("budgets", np.atleast_1d(budgets))
-    table = np.vstack([_interp_loglog(budgets, *curves[i]) for i in order])
-    logn = np.log(sizes[order])
-    out = np.full(len(budgets), np.nan)
-    for j in range(len(budgets)):
-        col = table[:, j]
-        if np.all(np.isnan(col)):
-            continue
-        k = int(np.nanargmin(col))
-        if k == 0 or k == len(col) - 1 or np.isnan(col[k - 1]) or np.isnan(col[k + 1]):
-            continue
-        a, b, _ = np.polyfit(logn[k - 1:k + 2], np.log(col[k - 1:k + 2]), 2)
-        if a > 0:
-            out[j] = math.exp(min(max(-b / (2 * a), logn[k - 1]), logn[k + 1]))
-    return out
-
-
-def fit_exponent(x, y) -> tuple[float, float, tuple[float, float]]:
-    """y = k x^p by least squares in log-log: (p, k, 95% bootstrap interval of p, 400 resamples, seed 0)."""
-    x, y = _positive("x", np.atleast_1d(x)), _positive("y", np.atleast_1d(y))
-    if len(x) != len(y) or len(np.unique(x)) < 3:
-        raise ValueError("x and y need the same length and at least 3 distinct x")
-    p, logk = np.polyfit(np.log(x), np.log(y), 1)
-    rng = np.random.default_rng(0)
-    boot = []
-    for _ in range(400):
-        idx = rng.integers(0, len(x), len(x))
-        if len(np.unique(x[idx])) >= 2:
-            boot.append(np.polyfit(np.log(x[idx]), np.log(y[idx]), 1)[0])
-    return float(p), float(math.exp(logk)), (float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5)))

@@ -25,13 +25,14 @@ Kaplan et al. (2020) count N = non-embedding parameters ~ 12 n_layer d^2:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from book import attention as _attention
+from book import checks
 from book.moe import ROUTINGS, MoE, active_params, moe_params
 
 # GPTConfig.attention: each variant is causal. "sdpa" is F.scaled_dot_product_attention.
@@ -67,51 +68,46 @@ class GPTConfig:
     lsh_chunk: int | None = None  # lsh: chunk size; None means ceil(n / lsh_buckets)
 
     def __post_init__(self):
-        for name in ("n_layer", "d_model", "n_head", "n_ctx", "vocab_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        for name in ("n_layer", "d_model", "n_head", "n_ctx", "vocab_size", "moe_every",
+                     "lsh_rounds", "attention_window", "flash_block", "linear_chunk", "lsh_buckets"):
+            checks.positive_int(name, getattr(self, name))
         if self.d_model % self.n_head:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
-        if self.d_ff is None:
+        if self.d_ff is None:  # None means 4 * d_model
             object.__setattr__(self, "d_ff", 4 * self.d_model)
-        elif not isinstance(self.d_ff, int) or self.d_ff <= 0:
-            raise ValueError(f"d_ff must be a positive int or None (meaning 4*d_model), got {self.d_ff!r}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if not isinstance(self.n_experts, int) or isinstance(self.n_experts, bool) or self.n_experts < 0:
-            raise ValueError(f"n_experts must be a non-negative int (0: dense), got {self.n_experts!r}")
-        if not isinstance(self.moe_every, int) or isinstance(self.moe_every, bool) or self.moe_every <= 0:
-            raise ValueError(f"moe_every must be a positive int (1: every layer, 2: every other), "
-                             f"got {self.moe_every!r}")
-        if self.n_experts and not (isinstance(self.expert_k, int) and 1 <= self.expert_k <= self.n_experts):
+        checks.positive_int("d_ff", self.d_ff)
+        for name in ("bias", "tie_embeddings"):
+            checks.instance(name, getattr(self, name), bool)
+        checks.probability("dropout", self.dropout, open_high=True)
+        checks.nonnegative_int("n_experts", self.n_experts)  # 0: dense
+        if self.n_experts and not 1 <= checks.integer("expert_k", self.expert_k) <= self.n_experts:
             raise ValueError(f"expert_k must be an int in [1, n_experts={self.n_experts}], got {self.expert_k!r}")
-        if self.capacity_factor is not None and not self.capacity_factor > 0:
-            raise ValueError(f"capacity_factor must be positive or None, got {self.capacity_factor}")
-        if self.routing not in ROUTINGS:
-            raise ValueError(f"routing must be one of {ROUTINGS}, got {self.routing!r}")
-        if self.aux_loss_coef < 0 or self.z_loss_coef < 0:
-            raise ValueError(f"aux_loss_coef and z_loss_coef must be >= 0, got {self.aux_loss_coef}, "
-                             f"{self.z_loss_coef}")
+        # capacity_factor None: no token is dropped; lsh_chunk None: ceil(n / lsh_buckets).
+        checks.optional(checks.positive_float, "capacity_factor", self.capacity_factor)
+        checks.one_of("routing", self.routing, ROUTINGS)
+        checks.nonnegative_float("aux_loss_coef", self.aux_loss_coef)
+        checks.nonnegative_float("z_loss_coef", self.z_loss_coef)
         if self.attention == "linformer":
             raise ValueError("attention='linformer' cannot be used in a GPT: Linformer projects the n keys and "
                              "values into rank mixtures of ALL positions, future ones included, so no causal mask "
                              "can hide the future from a query; a causal language model must not see it")
-        if self.attention not in ATTENTIONS:
-            raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
-        for name in ("attention_window", "flash_block", "linear_chunk", "lsh_buckets", "lsh_rounds"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        checks.one_of("attention", self.attention, ATTENTIONS)
         if self.lsh_buckets > 1 and self.lsh_buckets % 2:
             raise ValueError(f"lsh_buckets must be 1 or even (LSH buckets come in pairs), got {self.lsh_buckets}")
-        if self.lsh_chunk is not None and (not isinstance(self.lsh_chunk, int) or isinstance(self.lsh_chunk, bool)
-                                           or self.lsh_chunk <= 0):
-            raise ValueError(f"lsh_chunk must be a positive int or None (meaning ceil(n / lsh_buckets)), "
-                             f"got {self.lsh_chunk!r}")
+        checks.optional(checks.positive_int, "lsh_chunk", self.lsh_chunk)
         if self.attention != "sdpa" and self.dropout > 0:
             raise ValueError(f"dropout={self.dropout} on the attention weights is supported only with "
                              f"attention='sdpa', got attention={self.attention!r}: set dropout=0")
+
+    def __repr__(self) -> str:
+        # Only what differs from the defaults (d_ff's is 4 * d_model): a config reads at a glance.
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            default = 4 * self.d_model if f.name == "d_ff" else f.default
+            if f.default is MISSING or value != default:
+                shown.append(f"{f.name}={value!r}")
+        return f"GPTConfig({', '.join(shown)})"
 
     @property
     def d_head(self) -> int:
@@ -206,6 +202,11 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.ln_mlp(x)))
 
 
+def _check_idx_shape(idx: torch.Tensor) -> None:
+    if idx.ndim != 2 or idx.shape[1] == 0:
+        raise ValueError(f"idx must have shape (batch, time), time >= 1, got {tuple(idx.shape)}")
+
+
 class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -234,11 +235,17 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         """Logits (B, T, V) for token ids ``idx`` (B, T); and the mean cross-entropy if ``targets`` are given."""
-        if idx.ndim != 2:
-            raise ValueError(f"idx must have shape (batch, time), got {tuple(idx.shape)}")
+        checks.instance("idx", idx, torch.Tensor)
+        _check_idx_shape(idx)
         T = idx.shape[1]
         if T > self.config.n_ctx:
-            raise ValueError(f"sequence length {T} exceeds n_ctx={self.config.n_ctx}")
+            raise ValueError(f"idx has sequence length {T}, more than n_ctx={self.config.n_ctx}")
+        if targets is not None and (not isinstance(targets, torch.Tensor)
+                                    or targets.shape != idx.shape):
+            raise ValueError(f"targets must be a tensor of idx's shape {tuple(idx.shape)}, "
+                             f"got {getattr(targets, 'shape', targets)!r}")
+        # Ids outside the vocabulary fail here, named, not as an IndexError deep in the embedding.
+        checks.token_ids(self.config.vocab_size, idx=idx, targets=targets)
         pos = torch.arange(T, device=idx.device)
         x = self.drop(self.token_embedding(idx) + self.position_embedding(pos))
         for block in self.blocks:
@@ -264,8 +271,11 @@ class GPT(nn.Module):
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """Sample ``max_new_tokens`` tokens after the prompt ``idx`` (B, T)."""
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
+        checks.token_ids(self.config.vocab_size, idx=idx)
+        _check_idx_shape(idx)
+        checks.nonnegative_int("max_new_tokens", max_new_tokens)
+        checks.positive_float("temperature", temperature)
+        checks.optional(checks.positive_int, "top_k", top_k)
         for _ in range(max_new_tokens):
             logits, _ = self(idx[:, -self.config.n_ctx:])
             logits = logits[:, -1, :] / temperature
@@ -286,6 +296,7 @@ def param_breakdown(cfg: GPTConfig, active: bool = False) -> dict[str, int]:
 
     With ``active``, an MoE layer counts only what one token uses: k experts and the router.
     """
+    checks.instance("cfg", cfg, GPTConfig)
     d, f, L, b = cfg.d_model, cfg.d_ff, cfg.n_layer, int(cfg.bias)
     layer_norm = d + b * d  # weight, and bias when cfg.bias
     n_moe = cfg.n_moe_layers
@@ -319,11 +330,6 @@ def count_params(cfg: GPTConfig, embedding: bool = True, active: bool = False) -
     return sum(parts.values())
 
 
-def kaplan_params(cfg: GPTConfig) -> int:
-    """Kaplan's approximation N ~ 2 d n_layer (2 d_attn + d_ff) = 12 n_layer d^2 when d_ff = 4d."""
-    return 2 * cfg.d_model * cfg.n_layer * (2 * cfg.d_model + cfg.d_ff)
-
-
 def flops_per_token(cfg: GPTConfig, training: bool = False, context: bool = True,
                     unembedding: bool = False) -> int:
     """FLOPs to process one token, following Kaplan et al. (2020), Table 1.
@@ -349,8 +355,8 @@ def layer_matmuls(cfg: GPTConfig, batch_size: int) -> dict[str, tuple[int, int, 
     weight matmuls act on all ``batch_size * n_ctx`` token rows at once; the attention
     scores QK^T are one n_ctx x d_head x n_ctx product per sequence and head.
     """
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    checks.instance("cfg", cfg, GPTConfig)
+    checks.positive_int("batch_size", batch_size)
     d, f, rows = cfg.d_model, cfg.d_ff, batch_size * cfg.n_ctx
     return {
         "QKV projection": (rows, 3 * d, d, 1),

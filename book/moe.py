@@ -30,28 +30,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from book import checks
+
 ROUTINGS = ("token_choice", "expert_choice")
 
 
-def _check_positive_int(name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
 def _check_k(k, n_experts: int) -> None:
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= n_experts:
+    if checks.positive_int("k", k) > n_experts:
         raise ValueError(f"k must be an int in [1, n_experts={n_experts}], got {k!r}")
 
 
 def _check_sizes(d_model, d_ff, n_experts) -> None:
     for name, value in (("d_model", d_model), ("d_ff", d_ff), ("n_experts", n_experts)):
-        _check_positive_int(name, value)
-
-
-def _check_capacity_factor(capacity_factor) -> None:
-    is_number = isinstance(capacity_factor, (int, float)) and not isinstance(capacity_factor, bool)
-    if not (is_number and capacity_factor > 0):
-        raise ValueError(f"capacity_factor must be a positive number or None, got {capacity_factor!r}")
+        checks.positive_int(name, value)
 
 
 # --------------------------------------------------------------------------- routing
@@ -116,11 +107,12 @@ def expert_choice_routing(logits: torch.Tensor, capacity: int) -> tuple[torch.Te
 
 def expert_capacity(n_tokens: int, n_experts: int, k: int, capacity_factor: float) -> int:
     """Slots one expert takes: ceil(capacity_factor * tokens * k / n_experts); 1.0 is an exactly even share."""
-    _check_positive_int("n_tokens", n_tokens)
-    _check_positive_int("n_experts", n_experts)
+    checks.positive_int("n_tokens", n_tokens)
+    checks.positive_int("n_experts", n_experts)
     _check_k(k, n_experts)
-    _check_capacity_factor(capacity_factor)
-    return math.ceil(capacity_factor * n_tokens * k / n_experts)
+    checks.positive_float("capacity_factor", capacity_factor)
+    slots = checks.finite_result(capacity_factor * n_tokens * k / n_experts, "capacity_factor", "n_tokens")
+    return math.ceil(slots)
 
 
 # --------------------------------------------------------------------------- auxiliary losses
@@ -137,7 +129,7 @@ def load_balancing_loss(router_probs: torch.Tensor, expert_indices: torch.Tensor
     (...) for top-1. The loss is 1 when routing is uniform and up to n_experts when it
     collapses onto one expert. ``f`` is a count, so the gradient flows through ``P``.
     """
-    _check_positive_int("n_experts", n_experts)
+    checks.positive_int("n_experts", n_experts)
     if router_probs.ndim < 1 or router_probs.shape[-1] != n_experts:
         raise ValueError(f"router_probs must have shape (..., n_experts={n_experts}), "
                          f"got {tuple(router_probs.shape)}")
@@ -239,7 +231,7 @@ class MoE(nn.Module):
         _check_sizes(d_model, d_ff, n_experts)
         _check_k(k, n_experts)
         if capacity_factor is not None:
-            _check_capacity_factor(capacity_factor)
+            checks.positive_float("capacity_factor", capacity_factor)
         if routing not in ROUTINGS:
             raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
         self.d_model, self.n_experts, self.k = d_model, n_experts, k
@@ -397,3 +389,25 @@ def active_params(d_model: int, d_ff: int, n_experts: int, k: int, bias: bool = 
     _check_k(k, n_experts)
     router = d_model * n_experts * (2 if router_noise else 1)
     return k * _expert_params(d_model, d_ff, bias) + router
+
+
+# --------------------------------------------------------------------------- memory to train and to serve
+
+
+def training_bytes(n_params: int | float) -> dict[str, int]:
+    """Bytes the model states take to train ``n_params`` parameters with Adam in mixed precision, by part
+    (activations not included): ``book.memory.training_bytes``, 16 bytes a parameter (ZeRO, section 3.1).
+
+    Every parameter of an MoE counts, active or not: each expert has its own weights,
+    gradients and optimizer moments, whether a given token used it or not.
+    """
+    from book.memory import training_bytes as model_state_bytes  # book.memory imports book.model, which imports us
+
+    return model_state_bytes(round(checks.positive_float("n_params", n_params)), optimizer="adam", precision="mixed")
+
+
+def serving_bytes(n_params: int | float, bytes_per_param: float = 2.0) -> float:
+    """Bytes the weights take to serve: every parameter must be in memory (bf16: 2 bytes; int8: 1), KV cache apart."""
+    n_params = checks.positive_float("n_params", n_params)
+    bytes_per_param = checks.positive_float("bytes_per_param", bytes_per_param)
+    return float(n_params * bytes_per_param)

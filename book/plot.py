@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt
 import matplotlib.ticker as mticker
 import numpy as np
 
+from book import checks
+
 # Okabe-Ito: distinguishable with the common colour-vision deficiencies.
 COLORS = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 
@@ -65,9 +67,16 @@ def loglog_axes(ax=None, xlabel: str = "parameters", ylabel: str = "loss"):
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     # Losses span less than a decade: label them 2, 3, 4 rather than 2x10^0, 3x10^0.
-    ax.yaxis.set_major_formatter(mticker.LogFormatter())
-    ax.yaxis.set_minor_formatter(mticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
+    ax.yaxis.set_major_formatter(PlainLogFormatter())
+    ax.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
     return ax
+
+
+class PlainLogFormatter(mticker.LogFormatter):
+    """Log-axis labels in one plain format: "0.6" beside "1", where LogFormatter writes "6e-01"."""
+
+    def _num_to_string(self, x, vmin, vmax):
+        return f"{x:g}"
 
 
 def new_figure(ncols: int = 1, nrows: int = 1, width: float = 6.0, height: float = 4.0, **subplots_kw):
@@ -75,11 +84,8 @@ def new_figure(ncols: int = 1, nrows: int = 1, width: float = 6.0, height: float
 
     Like ``plt.subplots``: ``axes`` is one Axes for a single panel, else an array.
     """
-    for name, value in (("ncols", ncols), ("nrows", nrows)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if not (width > 0 and height > 0):
-        raise ValueError(f"width and height must be positive inches, got {width!r} and {height!r}")
+    ncols, nrows = checks.positive_int("ncols", ncols), checks.positive_int("nrows", nrows)
+    width, height = checks.positive_float("width", width), checks.positive_float("height", height)
     use_style()
     subplots_kw.setdefault("layout", "constrained")
     return plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), **subplots_kw)

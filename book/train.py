@@ -6,14 +6,16 @@ reports the loss curve against tokens, held-out loss, tokens/s and MFU (model
 FLOPs utilisation) against the peak measured on this machine.
 
 With ``checkpoint_path`` the loop saves its whole state (model, optimizer,
-data-sampler RNG, curve) atomically every ``checkpoint_every`` steps and resumes
-from it, so an interrupted run continues exactly where it stopped.
+data sampler, curve, running loss, RNGs) atomically every ``checkpoint_every``
+steps and resumes from it, so an interrupted run continues exactly where it
+stopped: the same curve and weights, bit for bit on a CPU.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,11 +23,14 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm import tqdm
 
+from book import checks, hardware
 from book import device as _device
-from book import hardware
 from book.data import TokenDataset, get_batch
 from book.model import GPT, GPTConfig, count_params, flops_per_token
-from book.storage import save_torch_atomic
+from book.storage import load_torch_checked, save_torch_atomic
+
+
+PRECISIONS = ("auto", "fp32", "bf16")  # TrainConfig.precision
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,7 @@ class TrainConfig:
     warmup_steps: int | None = None  # None: 5% of the run, at least 1 step
     min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio
     schedule_steps: int | None = None  # length of the cosine cycle; None: matched to the run (steps)
+    schedule: str = "cosine"  # "constant": lr after warmup, no decay (lesson 1.2's per-run rate)
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -45,27 +51,27 @@ class TrainConfig:
     eval_batches: int = 8  # evaluation uses eval_batches x batch_size windows of held-out text
     log_every: int | None = None  # None: about 50 points on the training curve
     seed: int = 0
+    precision: str = "auto"  # "auto": bf16 autocast on a CUDA GPU that has it, else fp32; or "fp32", "bf16"
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "grad_accum", "eval_batches"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            checks.positive_int(name, getattr(self, name))
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size={self.batch_size} must be divisible by grad_accum={self.grad_accum}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        for name in ("warmup_steps", "eval_every", "log_every", "schedule_steps"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < (0 if name == "warmup_steps" else 1)):
-                raise ValueError(f"{name} must be None or a {'non-negative' if name == 'warmup_steps' else 'positive'}"
-                                 f" int, got {value!r}")
+        checks.positive_float("lr", self.lr)
+        checks.probability("min_lr_ratio", self.min_lr_ratio)
+        checks.nonnegative_float("weight_decay", self.weight_decay)
+        checks.probability("beta1", self.beta1, open_high=True)  # Adam's betas lie in [0, 1)
+        checks.probability("beta2", self.beta2, open_high=True)
+        checks.optional(checks.positive_float, "grad_clip", self.grad_clip)
+        checks.nonnegative_int("seed", self.seed)
+        checks.one_of("schedule", self.schedule, ("cosine", "constant"))
+        checks.one_of("precision", self.precision, PRECISIONS)
+        checks.optional(checks.nonnegative_int, "warmup_steps", self.warmup_steps)
+        for name in ("eval_every", "log_every", "schedule_steps"):
+            checks.optional(checks.positive_int, name, getattr(self, name))
         if self.schedule_steps is not None and self.schedule_steps < self.steps:
             raise ValueError(f"schedule_steps={self.schedule_steps} must be >= steps={self.steps}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip}")
 
     @property
     def warmup(self) -> int:
@@ -77,8 +83,12 @@ class TrainConfig:
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Learning rate at ``step`` (0-based): linear warmup, then cosine to ``lr * min_lr_ratio``."""
+    checks.nonnegative_int("step", step)
+    checks.instance("cfg", cfg, TrainConfig)
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
+    if cfg.schedule == "constant":
+        return cfg.lr
     length = cfg.schedule_steps or cfg.steps
     progress = min(1.0, (step - cfg.warmup) / max(1, length - cfg.warmup))
     floor = cfg.lr * cfg.min_lr_ratio
@@ -96,11 +106,12 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
 
 @torch.no_grad()
 def evaluate(model: GPT, tokens: torch.Tensor, batch_size: int, n_batches: int, chunk: int | None = None,
-             seed: int = 1234) -> float:
+             seed: int = 1234, score=None) -> float:
     """Mean loss on ``batch_size * n_batches`` random windows, the same ones every call (fixed seed).
 
     The windows are drawn at once and run ``chunk`` at a time, so the answer does
-    not depend on how much fits in memory.
+    not depend on how much fits in memory. ``score(logits, targets)``, if given, replaces the
+    loss: the mean over a chunk's windows of any measure (an accuracy, a loss on some positions).
     """
     was_training = model.training
     model.eval()
@@ -109,15 +120,58 @@ def evaluate(model: GPT, tokens: torch.Tensor, batch_size: int, n_batches: int, 
     total = 0.0
     for x, y in zip(xs.split(chunk or batch_size), ys.split(chunk or batch_size)):
         with _autocast(dev):
-            _, loss = model(x.to(dev), y.to(dev))
-        total += loss.item() * len(x)
+            logits, loss = model(x.to(dev), y.to(dev))
+        total += (loss if score is None else score(logits.float(), y.to(dev))).item() * len(x)
     model.train(was_training)
     return total / len(xs)
 
 
-def _autocast(dev: torch.device):
-    dtype = _device.autocast_dtype(dev)
+def _autocast(dev: torch.device, precision: str = "auto"):
+    # Parameters stay fp32; inside autocast, matrix products run in bf16 (see lesson 6.2).
+    dtype = {"auto": _device.autocast_dtype(dev), "fp32": None, "bf16": torch.bfloat16}[precision]
     return torch.autocast(device_type=dev.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+
+# --------------------------------------------------------------------------- checkpoints
+# A checkpoint holds everything the next step depends on, so that a resumed run is the
+# uninterrupted one bit for bit: weights, optimizer moments, the data sampler, the running
+# training-loss sum since the last log point, and the global RNGs that draw dropout masks.
+
+_CHECKPOINT_KEYS = ("model", "optimizer", "sampler", "step", "curve", "train_seconds", "running",
+                    "rng")
+
+
+def _rng_state() -> dict:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return {"torch": torch.get_rng_state(), "cuda": cuda, "python": random.getstate()}
+
+
+def _set_rng_state(state: dict) -> None:
+    # RNG states are CPU byte tensors, whatever map_location the checkpoint was loaded with.
+    torch.set_rng_state(state["torch"].cpu())
+    cuda = state["cuda"]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _checkpoint_validator(model: torch.nn.Module, steps: int):
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+    def validate(state) -> None:
+        missing = [k for k in _CHECKPOINT_KEYS if k not in state]
+        if missing:
+            raise ValueError(f"missing keys {missing}")
+        if {k: tuple(t.shape) for k, t in state["model"].items()} != expected:
+            raise ValueError("its weights do not match this model's parameters")
+        if not isinstance(state["step"], int) or not 0 < state["step"] < steps:
+            raise ValueError(f"step {state['step']!r} is not within this run's {steps} steps")
+        if not isinstance(state["curve"], list) or not state["curve"] or len(state["running"]) != 2:
+            raise ValueError("its curve or running loss is malformed")
+        if set(state["rng"]) != {"torch", "cuda", "python"}:
+            raise ValueError("its RNG states are malformed")
+    return validate
 
 
 @dataclass
@@ -146,15 +200,26 @@ class TrainResult:
         return out
 
 
-def train(model_config: GPTConfig, train_config: TrainConfig, data: TokenDataset, *,
+def train(model_config: GPTConfig | torch.nn.Module, train_config: TrainConfig, data: TokenDataset, *,
           dev: torch.device | None = None, progress: bool = True, desc: str | None = None,
           checkpoint_path=None, checkpoint_every: int | None = None, callback=None) -> TrainResult:
     """Train ``GPT(model_config)`` on ``data`` as ``train_config`` says; return the measured result.
 
+    ``model_config`` may also be a built model, trained in place: any ``nn.Module`` with the GPT's
+    forward contract (``model(idx, targets) -> (logits, loss)`` on windows of ``model.config.n_ctx``
+    tokens, ``model.config.to_dict()``; ``auxiliary_loss()`` optional). Its N is then all its
+    parameters and its training FLOPs 6N a token.
+
     ``callback(step, loss)`` is called after every optimizer step (a test uses it
     to simulate a crash). The returned ``TrainResult.model`` is the trained model.
     """
-    mcfg, tcfg = model_config, train_config
+    tcfg, built = train_config, isinstance(model_config, torch.nn.Module)
+    mcfg = model_config.config if built else checks.instance("model_config", model_config, GPTConfig)
+    checks.instance("train_config", train_config, TrainConfig)
+    checks.instance("data", data, TokenDataset)
+    checks.optional(checks.positive_int, "checkpoint_every", checkpoint_every)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable or None, got {callback!r}")
     if data.vocab_size > mcfg.vocab_size:
         raise ValueError(f"data has vocab_size={data.vocab_size} but the model only {mcfg.vocab_size}")
     for split in ("train", "val"):
@@ -163,28 +228,38 @@ def train(model_config: GPTConfig, train_config: TrainConfig, data: TokenDataset
                              f"a window of n_ctx={mcfg.n_ctx} needs {mcfg.n_ctx + 1}")
     dev = dev or _device.device()
     torch.manual_seed(tcfg.seed)
-    model = GPT(mcfg).to(dev)
+    model = (model_config if built else GPT(mcfg)).to(dev)
+    auxiliary_loss = getattr(model, "auxiliary_loss", lambda: 0.0)
     optimizer = make_optimizer(model, tcfg)
     sampler = torch.Generator().manual_seed(tcfg.seed)
     micro = tcfg.batch_size // tcfg.grad_accum
     tokens_per_step = tcfg.batch_size * mcfg.n_ctx
     eval_every = tcfg.eval_every or max(1, tcfg.steps // 10)
     log_every = tcfg.log_every or max(1, tcfg.steps // 50)
-    train_fpt = flops_per_token(mcfg, training=True)
+    if isinstance(mcfg, GPTConfig):
+        n_params, n_total = count_params(mcfg, embedding=False), count_params(mcfg)
+        train_fpt = flops_per_token(mcfg, training=True)
+    else:  # a built model of another kind: all its parameters, 6N a token
+        n_params = n_total = sum(p.numel() for p in model.parameters())
+        train_fpt = 6 * n_params
 
-    start_step, curve, train_seconds = 0, [], 0.0
-    if checkpoint_path is not None and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=dev, weights_only=False)
+    start_step, curve, train_seconds, (running, running_n) = 0, [], 0.0, (0.0, 0)
+    # weights_only: a checkpoint is data, never code; a refused, truncated or foreign one is
+    # moved aside (with a warning naming it) and the run starts over.
+    state = None if checkpoint_path is None else load_torch_checked(
+        checkpoint_path, _checkpoint_validator(model, tcfg.steps), map_location=dev)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        sampler.set_state(state["sampler"])
+        sampler.set_state(state["sampler"].cpu())
+        _set_rng_state(state["rng"])
         start_step, curve, train_seconds = state["step"], state["curve"], state["train_seconds"]
+        running, running_n = state["running"]
 
     if start_step == 0:  # the loss before any training: where every curve starts
         curve = [{"step": 0, "tokens": 0, "val_loss": evaluate(model, data.val, tcfg.batch_size, tcfg.eval_batches, micro),
                   "lr": 0.0}]
     model.train()
-    running, running_n = 0.0, 0
     bar = tqdm(total=tcfg.steps, initial=start_step, disable=not progress, desc=desc, file=sys.stderr,
                mininterval=1.0, leave=True)
     for step in range(start_step, tcfg.steps):
@@ -198,10 +273,10 @@ def train(model_config: GPTConfig, train_config: TrainConfig, data: TokenDataset
         # One batch per step, split into micro-batches: accumulation changes memory, not the data.
         xs, ys = get_batch(data.train, tcfg.batch_size, mcfg.n_ctx, sampler, dev)
         for x, y in zip(xs.split(micro), ys.split(micro)):
-            with _autocast(dev):
+            with _autocast(dev, tcfg.precision):
                 _, loss = model(x, y)
             # MoE layers add their load-balancing and z-losses; the logged loss stays the cross-entropy.
-            ((loss + model.auxiliary_loss()) / tcfg.grad_accum).backward()
+            ((loss + auxiliary_loss()) / tcfg.grad_accum).backward()
             step_loss += loss.item() / tcfg.grad_accum
         if tcfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
@@ -228,7 +303,9 @@ def train(model_config: GPTConfig, train_config: TrainConfig, data: TokenDataset
         if checkpoint_path is not None and checkpoint_every and done % checkpoint_every == 0 and done < tcfg.steps:
             save_torch_atomic(checkpoint_path, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "sampler": sampler.get_state(), "step": done, "curve": curve, "train_seconds": train_seconds})
+                "sampler": sampler.get_state(), "step": done, "curve": curve,
+                "train_seconds": train_seconds, "running": (running, running_n),
+                "rng": _rng_state()})
     bar.close()
 
     tokens = tcfg.steps * tokens_per_step
@@ -237,7 +314,7 @@ def train(model_config: GPTConfig, train_config: TrainConfig, data: TokenDataset
     return TrainResult(
         model_config=mcfg.to_dict(), train_config=tcfg.to_dict(), dataset=data.name, curve=curve,
         final_val_loss=curve[-1]["val_loss"], final_train_loss=curve[-1]["train_loss"],
-        params=count_params(mcfg, embedding=False), params_total=count_params(mcfg), tokens=tokens,
+        params=n_params, params_total=n_total, tokens=tokens,
         flops=float(train_fpt * tokens), train_seconds=train_seconds, tokens_per_s=tokens_per_s,
         mfu=train_fpt * tokens_per_s / peak, peak_flops=peak, device=dev.type,
         device_name=_device.device_name(dev), model=model)

@@ -4,47 +4,8 @@ import numpy as np
 import pytest
 
 from book import chinchilla, hardware
-from book.fit import ChinchillaFit
-from book.model import count_params
 
 FIT = chinchilla.HOFFMANN_FIT
-
-
-@pytest.mark.parametrize("profile, budgets", [("cpu", 3), ("gpu", 5)])
-def test_isoflop_runs_spend_their_budget(monkeypatch, profile, budgets):
-    monkeypatch.setenv("BOOK_PROFILE", profile)
-    runs = chinchilla.isoflop_runs(81)
-    plan = chinchilla.isoflop_plan()
-    assert len(plan) >= budgets and all(len(widths) >= 5 for widths in plan.values())
-    assert len({r.name for r in runs}) == len(runs) == sum(len(w) for w in plan.values())
-    for run in runs:
-        C = float(run.name[1:run.name.index("-d")])
-        n = count_params(run.model, embedding=False)
-        tokens = run.train.steps * run.train.batch_size * run.model.n_ctx
-        assert abs(6 * n * tokens / C - 1) < 0.02, f"{run.name}: 6ND = {6 * n * tokens:.3g}, budget {C:.3g}"
-        assert run.train.schedule_steps is None  # the cosine cycle is the run's own length
-        assert run.train.lr == chinchilla.lr_for_width(run.model.d_model)
-
-
-def test_isoflop_run_with_fewer_steps_matches_its_schedule():
-    full = chinchilla.isoflop_run(2e10, 10, 81)
-    short = chinchilla.isoflop_run(2e10, 10, 81, steps=full.train.steps // 4)
-    assert short.train.steps == full.train.steps // 4 and short.train.schedule_steps is None
-    assert short.name == f"C2e10-d10-s{full.train.steps // 4}" and full.name == "C2e10-d10"
-    assert short.model == full.model and short.train.lr == full.train.lr
-    with pytest.raises(ValueError, match="steps"):
-        chinchilla.isoflop_run(2e10, 10, 81, steps=full.train.steps + 1)
-    with pytest.raises(ValueError, match="C must be"):
-        chinchilla.isoflop_run(-1.0, 10, 81)
-    with pytest.raises(ValueError, match="d_model"):
-        chinchilla.isoflop_run(2e10, 7, 81)
-
-
-def test_budget_name_and_lr():
-    assert chinchilla.budget_name(2e9) == "2e9" and chinchilla.budget_name(6e10) == "6e10"
-    assert chinchilla.lr_for_width(4) == 0.02 and chinchilla.lr_for_width(16) == 0.01
-    with pytest.raises(ValueError, match="d_model"):
-        chinchilla.lr_for_width(0)
 
 
 def test_parabola_finds_the_vertex():
@@ -82,14 +43,6 @@ def test_frontier_recovers_the_exponent_of_a_known_law():
         chinchilla.isoflop_frontier([1.0] * 3, [1.0, 2.0, 3.0], [1.0, 0.5, 1.0])
 
 
-def test_isoflop_table_reads_results():
-    results = [{"run": "C2e9-d4", "model_config": {"d_model": 4}, "params": 496, "tokens": 1000, "final_val_loss": 2.5}]
-    table = chinchilla.isoflop_table(results)
-    assert table["C"][0] == 2e9 and table["flops"][0] == 6 * 496 * 1000 and table["loss"][0] == 2.5
-    with pytest.raises(ValueError, match="IsoFLOP"):
-        chinchilla.isoflop_table([{"run": "d4"}])
-
-
 def test_published_fits():
     fit, source = chinchilla.PUBLISHED_FITS["Hoffmann et al. (2022)"]
     assert fit is FIT and "eq. (10)" in source
@@ -112,9 +65,9 @@ def test_allocate_by_flops_and_by_hours():
                           (dict(flops=-1.0), "flops"), (dict(flops=1e20, mfu=1.5), "mfu"),
                           (dict(flops=1e20, accelerator="TPU"), "not a known accelerator"),
                           (dict(flops=1e20, n_accelerators=0), "n_accelerators")):
-        with pytest.raises(ValueError, match=match):
+        with pytest.raises((TypeError, ValueError), match=match):
             chinchilla.allocate(FIT, **kwargs)
-    with pytest.raises(ValueError, match="ChinchillaFit"):
+    with pytest.raises(TypeError, match="ChinchillaFit"):
         chinchilla.allocate({"E": 1.69}, 1e20)
 
 
@@ -141,76 +94,90 @@ def test_inference_aware_optimum():
         chinchilla.inference_aware_optimum(FIT, 2.0, -1.0)
 
 
-def test_partition_balances_the_work():
-    runs = chinchilla.isoflop_runs(81)
-    parts = chinchilla.partition(runs, 2)
-    assert sorted(r.name for p in parts for r in p) == sorted(r.name for r in runs)
-    loads = [sum(chinchilla._work(r) for r in p) for p in parts]
-    assert max(loads) / min(loads) < 1.2
-    assert len(chinchilla.partition(runs[:1], 4)) == 1
+def _isoflop_points(budgets, spans, noise=0.0, seed=0):
+    """Points from Hoffmann's own law: at each budget, 7 sizes over n_opt * span (a (low, high) factor)."""
+    C, N = [], []
+    for c, (low, high) in zip(budgets, spans):
+        n = FIT.optimal(c)[0] * np.geomspace(low, high, 7)
+        C += [c] * 7
+        N += list(n)
+    C, N = np.array(C), np.array(N)
+    loss = FIT.predict(N, C / (6 * N)) + np.random.default_rng(seed).normal(0, noise, N.size)
+    return C, N, loss
 
 
-def test_sweep_trains_and_caches(monkeypatch, tmp_path):
-    # One worker; the next test takes the parallel path.
-    from book import experiments
-
-    _isolated_cache(monkeypatch, tmp_path)
-    data = experiments.shakespeare()
-    runs = [chinchilla.isoflop_run(2e9, d, data.vocab_size, steps=3) for d in (4, 6)]
-    results = chinchilla.run_isoflop_sweep(runs, data, "test-ch3", workers=1, progress=False)
-    assert [r["run"] for r in results] == [r.name for r in runs]
-    assert len(list((tmp_path / "sweeps" / "test-ch3").glob("*.json"))) == 2
-    again = chinchilla.run_isoflop_sweep(runs, data, "test-ch3", workers=2, progress=False)  # all cached
-    assert [r["finished_at"] for r in again] == [r["finished_at"] for r in results]  # read back, not retrained
-    with pytest.raises(ValueError, match="workers"):
-        chinchilla.run_isoflop_sweep(runs, data, "test-ch3", workers=0)
+BUDGETS = (1e18, 1e19, 1e20, 1e21)
 
 
-def _isolated_cache(monkeypatch, tmp_path):
-    import shutil
+def test_frontier_drops_a_budget_whose_minimum_is_outside_its_sizes():
+    # the last budget's sizes all lie above its optimum: its parabola's minimum is an extrapolation
+    spans = [(1 / 4, 4)] * 3 + [(2, 30)]
+    C, N, loss = _isoflop_points(BUDGETS, spans)
+    with pytest.warns(UserWarning, match="budget C = 1e\\+21 left out"):
+        dropped = chinchilla.isoflop_frontier(C, N, loss, n_bootstrap=0)
+    assert dropped.excluded == (1e21,) and list(dropped.C) == list(BUDGETS[:3])
+    assert abs(dropped.a - FIT.a) < 0.02
+    kept = chinchilla.isoflop_frontier(C, N, loss, n_bootstrap=0, exterior="keep")
+    assert kept.excluded == () and len(kept.C) == 4
+    assert abs(kept.a - FIT.a) > 2 * abs(dropped.a - FIT.a)  # the extrapolated minimum pulls the exponent off
+    C2, N2, loss2 = _isoflop_points(BUDGETS[:2], [(1 / 4, 4), (2, 30)])
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="left out.*C = 1e\\+19"):
+        chinchilla.isoflop_frontier(C2, N2, loss2, n_bootstrap=0)
 
-    from book import device
 
-    peaks = device.cache_dir() / "machine_peaks.json"
-    if peaks.exists():  # spare the run re-measuring this machine's peak
-        shutil.copy(peaks, tmp_path / "machine_peaks.json")
-    monkeypatch.setenv("BOOK_CACHE_DIR", str(tmp_path))  # the spawned workers inherit the environment
-    monkeypatch.setenv("BOOK_DEVICE", "cpu")
+def test_frontier_nearest_sizes_fix_wide_profiles():
+    # one ladder of sizes over six decades at every budget: far from its minimum a profile is no parabola in
+    # log N, and each budget's minimum sits elsewhere on the ladder; the 5 sizes nearest the best one are fine
+    ladder = np.geomspace(1e6, 1e12, 19)
+    C = np.repeat(BUDGETS, len(ladder))
+    N = np.tile(ladder, len(BUDGETS))
+    loss = FIT.predict(N, C / (6 * N))
+    wide = chinchilla.isoflop_frontier(C, N, loss, n_bootstrap=0)
+    near = chinchilla.isoflop_frontier(C, N, loss, n_bootstrap=0, nearest=5)
+    assert abs(wide.a - FIT.a) > 0.02 and abs(near.a - FIT.a) < 0.002
+    with pytest.raises(ValueError, match="nearest"):
+        chinchilla.isoflop_frontier(C, N, loss, nearest=2)
 
 
-def test_parallel_sweep_matches_sequential_and_surfaces_errors(monkeypatch, tmp_path):
-    # One pool of two spawned workers (each imports torch and loads the data): the path lesson 3.1 takes on a CPU.
-    import torch
+def test_frontier_names_a_budget_with_too_few_sizes():
+    C, N, loss = _isoflop_points(BUDGETS[:3], [(1 / 4, 4)] * 3)
+    keep = ~((C == 1e19) & (N > FIT.optimal(1e19)[0] * 0.9))  # leave 1e19 with its 3 smallest... then 2
+    keep &= ~((C == 1e19) & (N < FIT.optimal(1e19)[0] * 0.3))
+    with pytest.raises(ValueError, match="budget C = 1e\\+19 has 2 distinct sizes.*train more sizes"):
+        chinchilla.isoflop_frontier(C[keep], N[keep], loss[keep], n_bootstrap=0)
 
-    from book import experiments
 
-    _isolated_cache(monkeypatch, tmp_path)
-    data = experiments.shakespeare()
-    runs = [chinchilla.isoflop_run(2e9, d, data.vocab_size, steps=3) for d in (4, 6)]
-    bad = chinchilla.isoflop_run(2e9, 4, 5, steps=1)  # a vocabulary of 5: training on Shakespeare fails
-    parts = chinchilla.partition(runs + [bad], 2)
-    assert sorted(len(p) for p in parts) == [1, 2] and any(p[-1] is bad for p in parts)  # bad trains last
-    # a worker's exception comes back as a RuntimeError naming its runs, not a hang
-    with pytest.raises(RuntimeError, match="C2e9-d4-s1") as err:
-        chinchilla.run_isoflop_sweep(runs + [bad], data, "test-ch3-par", workers=2, progress=False)
-    assert err.value.__cause__ is not None
-    # every run finished before the failure was stored, one complete JSON file each
-    folder = tmp_path / "sweeps" / "test-ch3-par"
-    assert len(list(folder.glob("*.json"))) == 2 and not list(folder.glob("*.tmp*"))
-    parallel = chinchilla.run_isoflop_sweep(runs, data, "test-ch3-par", workers=2, progress=False)  # read back
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the workers' setting, so that the arithmetic is the same
-    try:
-        plain = chinchilla.run_sweep(runs, data, "test-ch3-seq", progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    assert [r["run"] for r in parallel] == [r.name for r in runs]
-    # the same runs: same seed, same batches, one thread each; equal up to float rounding (a kernel's summation
-    # order may depend on how a buffer happens to be aligned in each process)
-    for p, s in zip(parallel, plain):
-        assert p["final_val_loss"] == pytest.approx(s["final_val_loss"], rel=1e-5), p["run"]
-        train_p, train_s = ([c["train_loss"] for c in r["curve"] if "train_loss" in c] for r in (p, s))
-        assert train_p and train_p == pytest.approx(train_s, rel=1e-5), p["run"]
-    other = type("Data", (), {"name": "other-text"})()  # only its name is read before the check
-    with pytest.raises(ValueError, match="workers=1"):
-        chinchilla.run_isoflop_sweep([bad, runs[0]], other, "test-ch3-other", workers=2)
+def test_unrounded_hoffmann_fit():
+    un = chinchilla.HOFFMANN_FIT_UNROUNDED
+    assert un.alpha == 0.33917084 and un.beta == 0.2849083
+    assert math.log(un.A) == pytest.approx(6.0073404) and math.log(un.E) == pytest.approx(0.5267228)
+    # both printed constants are the unrounded ones rounded; the compute-optimal N differs more than they do
+    assert round(un.E, 2) == FIT.E and round(un.A, 1) == FIT.A and round(un.B, 1) == FIT.B
+    assert 1.1 < un.optimal(5.76e23)[0] / FIT.optimal(5.76e23)[0] < 1.4
+
+
+def test_schedule_gap():
+    def result(steps, slope):
+        curve = [{"step": 0, "tokens": 0, "val_loss": 3.0}]
+        curve += [{"step": s, "tokens": 10 * s, "train_loss": 3.0 - slope * s} for s in range(1, steps + 1)]
+        return {"model_config": {"d_model": 8}, "tokens": 10 * steps, "curve": curve}
+    assert chinchilla.schedule_gap(result(10, 0.2), result(40, 0.1)) > 0
+    with pytest.raises(ValueError, match="fewer tokens"):
+        chinchilla.schedule_gap(result(40, 0.1), result(10, 0.2))
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: chinchilla.isoflop_frontier([0.0, 0, 0, 1, 1, 1], [1, 2, 3, 1, 2, 3], [1, 0.5, 1] * 2), "C must be"),
+    (lambda: chinchilla.isoflop_frontier([1.0], [1.0], [1.0], exterior="ignore"), "exterior"),
+    (lambda: chinchilla.isoflop_frontier([1.0], [1.0], [np.nan]), "loss"),
+    (lambda: chinchilla.fit_parabola([1, 2, -3], [1, 0, 1]), "N must be"),
+    (lambda: chinchilla.allocate(FIT, 1e20, mfu=0), "mfu"),
+    (lambda: chinchilla.allocate(FIT, float("inf")), "flops"),
+    (lambda: chinchilla.allocate("fit", 1e20), "fit"),
+    (lambda: chinchilla.tokens_for_loss(FIT, -1, 2.0), "N"),
+    (lambda: chinchilla.inference_aware_optimum(FIT, 2.0, -1), "inference_tokens"),
+    (lambda: chinchilla.schedule_gap([], {}), "short"),
+])
+def test_bad_input_raises(call, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        call()

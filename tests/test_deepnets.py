@@ -2,9 +2,10 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.autograd.functional import jacobian
 
-from book import deepnets
+from book import deepnets, hardware
 from book.data import dataset_from_text
 from book.deepnets import (
     VARIANTS,
@@ -13,11 +14,11 @@ from book.deepnets import (
     WindowLM,
     layer_grad_norms,
     stack_params,
-    train_window_lm,
     weight_grad_norms,
     window_batch,
-    window_loss,
 )
+from book.experiments.ch01_why_scale import residual_paths_config
+from book.train import evaluate, train
 
 
 def zero_branches(stack):
@@ -130,26 +131,45 @@ def tiny_text():
     return dataset_from_text("to be or not to be, that is the question. " * 40)
 
 
-def test_training_lowers_the_loss_and_is_deterministic(tiny_text):
+@pytest.fixture
+def fake_peak(monkeypatch):
+    monkeypatch.setattr(hardware, "measured_peak", lambda dtype=None, dev=None: 1e11)
+
+
+def test_window_lm_trains_through_the_one_loop(tiny_text, fake_peak):
     losses = []
+    cfg = residual_paths_config(3e-3, steps=60, batch_size=32)
     for _ in range(2):
         torch.manual_seed(0)
         model = WindowLM(tiny_text.vocab_size, 4, 16, 3, "pre_ln", d_embed=4)
-        before = window_loss(model, tiny_text.train, n_windows=256)
-        result = train_window_lm(model, tiny_text, steps=60, lr=3e-3, batch_size=32, eval_windows=256)
-        losses.append(result["train_loss"])
-    assert not result["diverged"] and result["train_loss"] < before - 0.5
-    assert losses[0] == losses[1]
-    assert result["curve"][0][0] == 0 and result["curve"][-1][0] == 59
+        before = evaluate(model, tiny_text.train, batch_size=64, n_batches=4)
+        result = train(model, cfg, tiny_text, dev=torch.device("cpu"), progress=False)
+        assert result.model is model  # trained in place
+        losses.append(evaluate(model, tiny_text.train, batch_size=64, n_batches=4))
+    assert losses[0] == losses[1] and losses[0] < before - 0.5
+    assert result.params == sum(p.numel() for p in model.parameters()) and result.model_config["n_ctx"] == 4
+    assert all(point["lr"] == 3e-3 for point in result.curve[1:])  # a constant rate, no warmup
 
 
-def test_divergence_is_reported_not_raised(tiny_text):
+def test_evaluate_scores_the_window_model_on_fixed_windows(tiny_text):
+    torch.manual_seed(0)
+    model = WindowLM(tiny_text.vocab_size, 4, 8, 2, "residual", d_embed=4)
+    x, y = window_batch(tiny_text.val, 4, 48, torch.Generator().manual_seed(1234))  # evaluate's windows
+    by_hand = F.cross_entropy(model(x)[0], y).item()
+    assert evaluate(model, tiny_text.val, batch_size=16, n_batches=3) == pytest.approx(by_hand, rel=1e-6)
+    full = torch.roll(x, -1, 1)  # the window shifted by one, as get_batch gives targets
+    full[:, -1] = y
+    assert torch.equal(model(x, full)[1], model(x, y)[1])  # (B, context) targets: the last column counts
+
+
+def test_divergence_raises(tiny_text, fake_peak):
     torch.manual_seed(0)
     model = WindowLM(tiny_text.vocab_size, 4, 8, 2, "residual", d_embed=4)
     with torch.no_grad():
         model.head.weight.fill_(float("nan"))
-    result = train_window_lm(model, tiny_text, steps=5, lr=1e-3, batch_size=8)
-    assert result["diverged"] and result["train_loss"] == math.inf
+    with pytest.raises(FloatingPointError, match="loss became nan"):
+        train(model, residual_paths_config(1e-3, steps=5, batch_size=8), tiny_text, dev=torch.device("cpu"),
+              progress=False)
 
 
 @pytest.mark.parametrize("call, match", [
@@ -166,28 +186,26 @@ def test_divergence_is_reported_not_raised(tiny_text):
     (lambda: weight_grad_norms(DeepStack(1, 2)), "backward"),
     (lambda: WindowLM(0, 4, 8, 2), "vocab_size"),
     (lambda: WindowLM(10, 4, 8, 2).features(torch.zeros(2, 3, dtype=torch.long)), "context=4"),
-    (lambda: window_loss(WindowLM(10, 4, 8, 2), torch.arange(10), n_windows=0), "n_windows"),
+    (lambda: WindowLM(10, True, 8, 2), "context"),
 ])
-def test_bad_input_raises_value_error(call, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_input_raises(call, match):
+    with pytest.raises((TypeError, ValueError), match=match):
         call()
-
-
-@pytest.mark.parametrize("kwargs, match", [
-    ({"steps": 0, "lr": 1e-3}, "steps"),
-    ({"steps": 2, "lr": 0.0}, "lr"),
-    ({"steps": 2, "lr": float("nan")}, "lr"),
-    ({"steps": 2, "lr": 1e-3, "batch_size": -1}, "batch_size"),
-])
-def test_bad_training_arguments_raise(tiny_text, kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        train_window_lm(WindowLM(tiny_text.vocab_size, 4, 8, 2), tiny_text, **kwargs)
-
-
-def test_training_needs_a_window_model(tiny_text):
-    with pytest.raises(ValueError, match="WindowLM"):
-        train_window_lm(DeepStack(2, 4), tiny_text, steps=1, lr=1e-3)
 
 
 def test_variants_are_the_documented_ones():
     assert deepnets.VARIANTS == ("plain", "residual", "pre_ln", "post_ln")
+
+
+def test_a_built_gpt_trains_as_its_config_does(tiny_text, fake_peak):
+    from book.model import GPT, GPTConfig
+    from book.train import TrainConfig
+
+    cfg = GPTConfig(n_layer=1, d_model=16, n_head=2, n_ctx=8, vocab_size=tiny_text.vocab_size)
+    schedule = TrainConfig(steps=4, batch_size=4, eval_every=2, eval_batches=1)
+    by_config = train(cfg, schedule, tiny_text, dev=torch.device("cpu"), progress=False)
+    torch.manual_seed(schedule.seed)  # train() seeds, then builds GPT(cfg): the same initial weights
+    by_model = train(GPT(cfg), schedule, tiny_text, dev=torch.device("cpu"), progress=False)
+    assert by_model.curve == by_config.curve and by_model.params == by_config.params
+    with pytest.raises(TypeError, match="model_config"):
+        train("gpt", schedule, tiny_text, progress=False)

@@ -45,7 +45,7 @@ def test_matmul_intensity_and_roofline():
     assert hardware.matmul_intensity(600, 600, 600) == pytest.approx(100)
     assert hardware.roofline(1.0, peak_flops=100.0, bandwidth=10.0) == pytest.approx(10.0)
     assert hardware.roofline(1e3, peak_flops=100.0, bandwidth=10.0) == pytest.approx(100.0)
-    with pytest.raises(ValueError, match="m must be positive"):
+    with pytest.raises(ValueError, match="m must be a positive"):
         hardware.matmul_intensity(0, 1, 1)
 
 

@@ -223,3 +223,22 @@ def test_every_check_fails_on_the_stub(exercise):
     nb = run_notebook(nbformat.read(exercise, as_version=4), cwd=exercise.parent, allow_errors=True)
     problems = stub_problems(nb)
     assert problems == [], "\n".join(problems)
+
+
+# ---------------------------------------------------------------- the exercise's title and note (the site shows both)
+
+
+def test_title_says_exercises_and_the_note_sits_under_it():
+    title = new_markdown_cell("# 1.1 — Solutions: a title\n\nIntroduction.")
+    exercise = make_exercise(solution_nb(title, new_code_cell("1")), source="solutions/01_a/b.ipynb")
+    assert exercise.cells[0].source == "# 1.1 — Exercises: a title\n\nIntroduction."
+    note = exercise.cells[1]
+    assert note.id == "generated-exercise-note" and "NotImplementedError" in note.source
+    # a link relative to exercises/01_a/, so it opens in JupyterLab and on the site
+    assert "[`solutions/01_a/b.ipynb`](../../solutions/01_a/b.ipynb)" in note.source
+
+
+def test_a_title_that_already_says_exercises_is_kept():
+    title = new_markdown_cell("# 1.1 — Exercises: a title")
+    exercise = make_exercise(solution_nb(title), source="solutions/01_a/b.ipynb")
+    assert exercise.cells[0].source == "# 1.1 — Exercises: a title"

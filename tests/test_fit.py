@@ -136,7 +136,7 @@ def test_degenerate_resamples_are_skipped():
 )
 def test_bad_input_raises(kwargs, match):
     args = dict(x=[1e4, 1e5, 1e6, 1e7, 1e8], y=[3.0, 2.5, 2.2, 2.0, 1.9], n_bootstrap=0) | kwargs
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((TypeError, ValueError), match=match):
         fit_power_law(**args)
 
 
@@ -271,5 +271,48 @@ def test_chinchilla_full_grid_is_fast_enough():
 def test_chinchilla_bad_input_raises(kwargs, match):
     args = dict(N=[1e6, 1e7, 1e8, 1e6, 1e7, 1e8], D=[1e9, 1e9, 1e9, 1e10, 1e10, 1e10],
                 loss=[3.0, 2.6, 2.4, 2.8, 2.3, 2.1], n_bootstrap=0) | kwargs
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((TypeError, ValueError), match=match):
         fit_chinchilla(**args)
+
+
+# --------------------------------------------------------------------------- the bootstrap and fit_exponent
+
+
+def test_bootstrap_indices_are_seeded_and_sized_by_the_caller():
+    from book.fit import bootstrap_indices
+
+    one = list(bootstrap_indices(5, n_bootstrap=3, seed=7))
+    assert len(one) == 3 and all(idx.shape == (5,) and idx.min() >= 0 and idx.max() < 5 for idx in one)
+    assert all(np.array_equal(a, b) for a, b in zip(one, bootstrap_indices(5, n_bootstrap=3, seed=7)))
+    assert not all(np.array_equal(a, b) for a, b in zip(one, bootstrap_indices(5, n_bootstrap=3, seed=8)))
+    assert list(bootstrap_indices(5, n_bootstrap=0, seed=0)) == []
+    with pytest.raises(TypeError, match="n_bootstrap"):
+        list(bootstrap_indices(5, n_bootstrap=2.0, seed=0))
+
+
+def test_bootstrap_intervals():
+    from book.fit import bootstrap_intervals
+
+    samples = np.column_stack([np.arange(101.0), np.r_[np.arange(100.0), np.inf]])
+    ci = bootstrap_intervals(samples, ["a", "b"])
+    assert ci["a"] == pytest.approx((2.5, 97.5)) and np.isfinite(ci["b"][1])  # inf left out
+    empty = bootstrap_intervals([], ["a"])
+    assert np.isnan(empty["a"][0]) and np.isnan(empty["a"][1])
+    with pytest.raises(ValueError, match="level"):
+        bootstrap_intervals(samples, ["a", "b"], level=1.0)
+
+
+def test_fit_exponent_recovers_a_power_law():
+    from book.fit import fit_exponent
+
+    x = np.geomspace(1, 1e4, 9)
+    y = 3.0 * x**0.7 * np.exp(np.random.default_rng(0).normal(0, 0.01, x.size))
+    fit = fit_exponent(x, y, n_bootstrap=200, seed=0)
+    assert fit.exponent == pytest.approx(0.7, abs=0.01) and fit.coefficient == pytest.approx(3.0, rel=0.05)
+    assert fit.ci[0] <= fit.exponent <= fit.ci[1] and fit.ci[1] - fit.ci[0] < 0.02
+    assert fit == fit_exponent(x, y, n_bootstrap=200, seed=0)
+    assert fit.predict(10.0) == pytest.approx(fit.coefficient * 10**fit.exponent)
+    with pytest.raises(TypeError):
+        fit_exponent(x, y)  # the caller sizes and seeds the bootstrap
+    with pytest.raises(ValueError, match="3 distinct"):
+        fit_exponent([1, 1, 2], [1, 2, 3], n_bootstrap=0, seed=0)

@@ -1,6 +1,5 @@
 """Tests for book.kaplan: formulas, published tables, counting, sweeps' definitions, fits, frontier."""
 
-import math
 
 import numpy as np
 import pytest
@@ -8,7 +7,7 @@ import torch
 
 from book import kaplan
 from book.data import TokenDataset
-from book.model import GPTConfig, count_params, flops_per_token
+from book.model import GPTConfig, count_params
 
 
 def test_published_constants_and_derived_rules():
@@ -57,32 +56,6 @@ def test_counted_flops_match_formula():
         kaplan.counted_flops_per_token(cfg, device="tpu")
 
 
-def test_sweep_definitions(monkeypatch):
-    monkeypatch.setenv("BOOK_PROFILE", "cpu")
-    name, runs = kaplan.model_size_sweep(65)
-    assert name == "lesson01-first-scaling-law" and len(runs) >= 6
-    n = [count_params(r.model, embedding=False) for r in runs]
-    assert math.log10(max(n) / min(n)) >= 1.5
-    sizes = kaplan.data_sweep(65)
-    assert [s for s, _ in sizes] == kaplan.data_sizes() and sizes[-1][0] is None
-    names = [r.name for _, runs in sizes for r in runs]
-    assert len(set(names)) == len(names)
-    shape = kaplan.shape_sweep(65)
-    n = [count_params(r.model, embedding=False) for r in shape]
-    assert max(n) / min(n) < 1.25  # about the same N
-    monkeypatch.setenv("BOOK_PROFILE", "gpu")
-    name, runs = kaplan.model_size_sweep(65)
-    n = [count_params(r.model, embedding=False) for r in runs]
-    assert name == kaplan.MODEL_SIZE_SWEEP_GPU and math.log10(max(n) / min(n)) >= 2.5 and len(runs) >= 6
-    assert len({r.train for r in runs}) == 1
-    # GPU profile: no sweep sees the whole text (4,499,025 training characters) more than once
-    plans = [runs, kaplan.data_sweep(65)[-1][1], kaplan.shape_sweep(65)]
-    for r in (r for plan in plans for r in plan):
-        assert r.train.steps * r.train.batch_size * r.model.n_ctx < 4_499_025, r.name
-    with pytest.raises(ValueError, match="vocab_size"):
-        kaplan.data_sweep(0)
-
-
 def test_truncated_dataset():
     data = TokenDataset(train=torch.arange(1000) % 7, val=torch.arange(100) % 7, vocab_size=7, name="toy")
     cut = kaplan.truncated(data, 160, n_blocks=4)
@@ -108,40 +81,31 @@ def test_fit_kaplan_nd_recovers_constants():
         kaplan.fit_kaplan_nd(N[:3], D[:3], L[:3])
 
 
-def test_envelope_and_optimal_sizes():
-    # L = 2 + 5 (N/1e3)^-0.3 + 5 (S/1e3)^-0.5 at S = C / 6N steps: bigger models are worse early, better late
-    sizes = np.array([1e3, 3e3, 1e4, 3e4, 1e5])
-    curves = []
-    for n in sizes:
-        steps = np.geomspace(10, 1e6, 40)
-        curves.append((6 * n * steps, 2 + 5 * (n / 1e3) ** -0.3 + 5 * (steps / 1e3) ** -0.5))
-    budgets = np.geomspace(1e8, 1e12, 9)
-    loss, best = kaplan.lower_envelope(curves, budgets)
-    assert np.all(np.diff(loss[:-1]) < 0) and np.all(np.diff(best) >= 0)
-    # past every curve's end the frontier keeps its last value: a run can stop early, never go further
-    assert loss[-1] == loss[-2] and best[-1] == best[-2]
-    early, first = kaplan.lower_envelope(curves, np.array([1.0, 1e8]))
-    assert np.isnan(early[0]) and first[0] == -1 and first[1] >= 0
-    with pytest.raises(ValueError, match="increasing"):
-        kaplan.lower_envelope(curves, budgets[::-1])
-    n_opt = kaplan.optimal_sizes(curves, sizes, budgets)
-    ok = ~np.isnan(n_opt)
-    assert ok.sum() >= 3 and np.all(np.diff(n_opt[ok]) > 0)
-    p, k, (lo, hi) = kaplan.fit_exponent(budgets[ok], n_opt[ok])
-    assert 0 < p < 1 and lo <= p <= hi
-    with pytest.raises(ValueError, match="same length"):
-        kaplan.optimal_sizes(curves, sizes[:2], budgets)
-
-
-def test_early_stopped_and_compute_curve():
-    result = {"model_config": GPTConfig(n_layer=1, d_model=8, n_head=1, n_ctx=8, vocab_size=5).to_dict(),
-              "curve": [{"step": 0, "tokens": 0, "val_loss": 1.0}, {"step": 10, "tokens": 80, "val_loss": 0.7},
+def test_early_stopped():
+    result = {"curve": [{"step": 0, "tokens": 0, "val_loss": 1.0}, {"step": 10, "tokens": 80, "val_loss": 0.7},
                         {"step": 20, "tokens": 160, "val_loss": 0.8}]}
     assert kaplan.early_stopped(result)["step"] == 10
-    C, L = kaplan.compute_curve(result)
-    assert L.tolist() == [0.7, 0.8] and C[1] == 2 * C[0]
-    result["curve"][1]["train_loss"] = 0.75
-    C, L = kaplan.compute_curve(result, "train_loss")
-    assert L.tolist() == [0.75] and len(C) == 1
-    with pytest.raises(ValueError, match="loss must be"):
-        kaplan.compute_curve(result, "test_loss")
+    with pytest.raises(ValueError, match="no validation loss"):
+        kaplan.early_stopped({"curve": [{"step": 0, "tokens": 0, "val_loss": 1.0}]})
+
+
+def test_gpt3_175b_is_the_family_row():
+    assert kaplan.GPT3_175B is kaplan.GPT3_FAMILY[-1]
+    assert kaplan.GPT3_175B.config() == GPTConfig(n_layer=96, d_model=12288, n_head=96, n_ctx=2048, vocab_size=50257)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: kaplan.loss_of_d(1e6, D_c=-1), "D_c"),
+    (lambda: kaplan.loss_of_n(1e6, alpha_N=float("nan")), "alpha_N"),
+    (lambda: kaplan.loss_of_n(True), "N"),
+    (lambda: kaplan.loss_nd(1e6, 1e9, 1e10, 1e9, 0.1, 0.0), "alpha_D"),
+    (lambda: kaplan.overfit_data_bound(1e6, exponent=-1), "exponent"),
+    (lambda: kaplan.overfit_data_bound_from(1e6, tolerance=0, **kaplan.TABLE2), "tolerance"),
+    (lambda: kaplan.kaplan_n(True, 8), "n_layer"),
+    (lambda: kaplan.kaplan_n(2, 8, d_ff=0), "d_ff"),
+    (lambda: kaplan.counted_flops_per_token("cfg"), "cfg"),
+    (lambda: kaplan.fit_kaplan_nd([1, 2, 3, 4, 5], [1, 2, 3, 4, 5], [1, 1, 1, 1, 1], n_bootstrap=1.5), "n_bootstrap"),
+])
+def test_bad_input_raises(call, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        call()

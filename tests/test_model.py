@@ -3,7 +3,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from book.model import GPT, GPTConfig, count_params, flops_per_token, kaplan_params, param_breakdown
+from book.kaplan import kaplan_n
+from book.model import GPT, GPTConfig, count_params, flops_per_token, param_breakdown
 
 CONFIGS = [
     GPTConfig(n_layer=2, d_model=64, n_head=4, n_ctx=32, vocab_size=81),
@@ -30,10 +31,10 @@ def test_d_ff_defaults_to_four_d_model():
 
 def test_kaplan_approximation_leaves_out_only_biases_and_norms():
     cfg = GPTConfig(n_layer=4, d_model=128, n_head=4, n_ctx=64, vocab_size=81)
-    assert kaplan_params(cfg) == 12 * 4 * 128**2
+    assert kaplan_n(cfg.n_layer, cfg.d_model, cfg.d_ff) == 12 * 4 * 128**2
     no_bias = GPTConfig(n_layer=4, d_model=128, n_head=4, n_ctx=64, vocab_size=81, bias=False)
     # without biases, only the LayerNorm gains (2 per block + 1 final, d each) are left out
-    assert count_params(no_bias, embedding=False) - kaplan_params(no_bias) == (2 * 4 + 1) * 128
+    assert count_params(no_bias, embedding=False) - kaplan_n(4, 128) == (2 * 4 + 1) * 128
 
 
 def test_flops_per_token_terms():
@@ -100,7 +101,7 @@ def test_generate_appends_tokens():
 ])
 def test_bad_config_raises(kwargs, match):
     base = dict(n_layer=1, d_model=32, n_head=4, n_ctx=8, vocab_size=10)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, TypeError), match=match):
         GPTConfig(**(base | kwargs))
 
 
@@ -115,7 +116,7 @@ def test_layer_matmuls_cover_the_weight_matrices():
     cfg = CONFIGS[1]
     ops = layer_matmuls(cfg, batch_size=2)
     weights = sum(n * k for name, (m, n, k, c) in ops.items() if name != "attention scores")
-    assert weights * cfg.n_layer == kaplan_params(cfg)  # 2 d (2 d + d_ff) per layer: the matrices Kaplan counts
+    assert weights * cfg.n_layer == kaplan_n(cfg.n_layer, cfg.d_model, cfg.d_ff)  # 2 d (2 d + d_ff) per layer: the matrices Kaplan counts
     m, n, k, count = ops["attention scores"]
     assert (m, n, k, count) == (cfg.n_ctx, cfg.n_ctx, cfg.d_head, 2 * cfg.n_head)
     with pytest.raises(ValueError, match="batch_size"):
@@ -252,5 +253,16 @@ def test_causal_attention_dispatch_matches_the_library():
     (dict(attention="naive", dropout=0.1), "dropout"),
 ])
 def test_bad_attention_options_raise(bad, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, TypeError), match=match):
         GPTConfig(**ATTN_BASE, **bad)
+
+
+def test_config_repr_shows_only_what_differs_from_the_defaults():
+    cfg = GPTConfig(n_layer=2, d_model=64, n_head=4, n_ctx=32, vocab_size=81)
+    assert repr(cfg) == "GPTConfig(n_layer=2, d_model=64, n_head=4, n_ctx=32, vocab_size=81)"
+    moe = GPTConfig(n_layer=2, d_model=64, n_head=4, n_ctx=32, vocab_size=81, d_ff=100, n_experts=4,
+                    dropout=0.1)
+    assert repr(moe) == ("GPTConfig(n_layer=2, d_model=64, n_head=4, n_ctx=32, vocab_size=81, d_ff=100, "
+                         "dropout=0.1, n_experts=4)")
+    assert "d_ff" not in repr(GPTConfig(n_layer=1, d_model=8, n_head=1, n_ctx=4, vocab_size=5, d_ff=32))
+    assert eval(repr(moe)) == moe  # still a valid constructor call

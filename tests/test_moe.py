@@ -285,12 +285,14 @@ def test_param_counts_are_exact(n_experts, k, bias, router_noise):
     lambda: expert_capacity(16, 4, 1, 0.0),
     lambda: expert_capacity(0, 4, 1, 1.0),
     lambda: expert_capacity(16, 4, 5, 1.0),
+    lambda: expert_capacity(16, 4, 2, float("inf")),
+    lambda: expert_capacity(16, 4, True, 1.0),
     lambda: moe_params(8, 0, 4),
     lambda: active_params(8, 16, 4, 5),
     lambda: active_params(8, 16, 4, 0),
 ])
-def test_bad_input_raises_value_error(call):
-    with pytest.raises(ValueError):
+def test_bad_input_raises(call):
+    with pytest.raises((TypeError, ValueError)):
         call()
 
 
@@ -343,3 +345,16 @@ def test_gpt_config_places_moe_layers():
 def test_gpt_config_rejects_bad_moe_options(kwargs):
     with pytest.raises(ValueError):
         GPTConfig(n_layer=2, d_model=8, n_head=2, n_ctx=8, vocab_size=11, **kwargs)
+
+
+def test_memory_to_train_and_to_serve():
+    from book.moe import serving_bytes, training_bytes
+
+    parts = training_bytes(1000)
+    assert sum(parts.values()) == 16_000 and parts["parameters"] == 2000  # bf16 weights
+    assert serving_bytes(1000) == 2000 and serving_bytes(1000, 1) == 1000
+    # Switch-C's 1,571B parameters in bf16: 3.1 TB, not the 20 GB a widely shared tutorial claims
+    assert 3.1e12 < serving_bytes(1571e9) < 3.2e12
+    for call in (lambda: training_bytes(True), lambda: serving_bytes(10, float("inf"))):
+        with pytest.raises((TypeError, ValueError)):
+            call()

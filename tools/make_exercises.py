@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import posixpath
 import re
 import sys
 from pathlib import Path
@@ -25,8 +26,12 @@ BEGIN_MARKER = re.compile(r"^(?P<indent>\s*)### BEGIN SOLUTION\s*$")
 END_MARKER = re.compile(r"^\s*### END SOLUTION\s*$")
 CODE_STUB = 'raise NotImplementedError("Exercise: replace this line with your code")'
 ANSWER_STUB = "*Your answer here.*"
+EXERCISE_TAG = "exercise"  # the cells that hold a solution; each is followed by a `check` cell
 # A fixed id keeps the generated notebook byte-identical from one run to the next.
 NOTE_CELL_ID = "generated-exercise-note"
+# The notebook's title (its first `# ` heading) names what it is: "Exercises" here,
+# "Solutions" on the solutions page (tools/course_site.py), whichever word the source uses.
+TITLE_WORD = re.compile(r"\bSolutions\b")
 
 
 def replace_solution_blocks(source: str, stub: str, where: str) -> str:
@@ -75,16 +80,40 @@ def make_exercise(nb: NotebookNode, source: str | None = None) -> NotebookNode:
         elif cell.cell_type == "markdown":
             cell.source = replace_solution_blocks(cell.source, ANSWER_STUB, where)
 
-    shown_source = f"`{source}`" if source else "its solutions notebook"
-    note = nbformat.v4.new_markdown_cell(
-        f"*This notebook is generated from {shown_source}; edit that file and run "
-        "`python tools/make_exercises.py`.*",
-        id=NOTE_CELL_ID,
-    )
+    has_title = bool(exercise.cells) and is_title_cell(exercise.cells[0])
+    if has_title:
+        exercise.cells[0].source = exercises_title(exercise.cells[0].source)
+    note = nbformat.v4.new_markdown_cell(exercise_note(source), id=NOTE_CELL_ID)
     if exercise.nbformat_minor < 5:  # cell ids exist only from nbformat 4.5 on
         del note["id"]
-    exercise.cells.insert(0, note)
+    exercise.cells.insert(1 if has_title else 0, note)  # below the title, so the page keeps it
     return exercise
+
+
+def is_title_cell(cell: NotebookNode) -> bool:
+    return cell.cell_type == "markdown" and cell.source.lstrip().startswith("# ")
+
+
+def exercises_title(source: str) -> str:
+    """The title cell `source` with "Solutions" in its first line read as "Exercises"."""
+    head, newline, rest = source.lstrip().partition("\n")
+    return TITLE_WORD.sub("Exercises", head, count=1) + newline + rest
+
+
+def exercise_note(source: str | None) -> str:
+    """The learner's note under the title: what to do, where the solutions are, how it is made."""
+    if source is None:
+        solutions = "its solutions notebook"
+    elif not source.startswith("solutions/"):
+        solutions = f"`{source}`"
+    else:  # a link relative to the exercise notebook: it works in JupyterLab and on the site
+        link = posixpath.relpath(source, posixpath.dirname(exercise_path(source).as_posix()))
+        solutions = f"[`{source}`]({link})"
+    return (
+        "*Fill in each cell that raises `NotImplementedError`, then run the `check` cell below "
+        f"it: its message says what is wrong. Worked solutions: {solutions}. This notebook is "
+        "generated from that file; edit that file and run `python tools/make_exercises.py`.*"
+    )
 
 
 def exercise_path(solution_path: str | Path, root: Path = ROOT) -> Path:

@@ -275,6 +275,43 @@ def benchmark(paths: list[Path], suite: bool, output: Path, command: str, write_
     return 1 if failed or (suite_result and suite_result[1] != 0) else 0
 
 
+# ---------------------------------------------------------------- a GPU device run (tools/device_check.sh)
+
+
+def device_section_markdown(machine: Machine, runs: list[Run], suite: tuple[float, int] | None,
+                            peaks_file: Path, command: str) -> str:
+    """A GPU machine's section: the lessons at the GPU profile, the CUDA nbval pass, the kernel tables."""
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"<!-- device: {machine.label} -->", f"## {machine.title}", ""]
+    lines += [f"- Date: {now}", f"- Command: `{command}`"] + [f"- {d}" for d in machine.details] + [""]
+    if suite:
+        seconds, status = suite
+        outcome = "passed" if status == 0 else f"**failed** (exit status {status})"
+        lines += [f"Whole suite on CUDA at `BOOK_PROFILE=cpu`, `python -m pytest --nbval` with a cold "
+                  f"cache: {seconds:.0f} s; {outcome}.", ""]
+    else:
+        lines += ["Whole suite on CUDA: not run.", ""]
+    lines += ["Lessons at `BOOK_PROFILE=gpu` (their sweeps' results are committed under `results/`), "
+              "several chapters at once, so these times include sharing the GPU.", ""]
+    lines += ["| notebook | seconds | outcome |", "|---|---:|---|"]
+    for run in runs:
+        lines.append(f"| `{shown(run.path)}` | {run.seconds:.1f} | {verdict(run, None).replace('n/a', 'ran')} |")
+    lines += [f"| **total** | {sum(r.seconds for r in runs):.1f} | |", ""]
+    lines += peaks_markdown(peaks_file)
+    lines += ["", *records_markdown(peaks_file.parent)]
+    return "\n".join(lines).rstrip() + "\n<!-- end device -->\n"
+
+
+def write_device_section(machine: Machine, runs: list[Run], suite: tuple[float, int] | None,
+                         peaks_file: Path, command: str, output: Path) -> None:
+    """Add or replace ``machine``'s section of ``output`` (BENCHMARKS.md), keeping the others."""
+    existing = output.read_text(encoding="utf-8") if output.exists() else ""
+    sections = {match["label"]: match[0] for match in SECTION.finditer(existing)}
+    sections[machine.label] = device_section_markdown(machine, runs, suite, peaks_file, command)
+    output.write_text(benchmarks_markdown(sections), encoding="utf-8")
+    print(f"wrote {shown(output)} (section {machine.label})")
+
+
 # ---------------------------------------------------------------- command line
 
 

@@ -1,4 +1,4 @@
-"""Recurrence against attention: matched sizes, exact FLOP counts, a cached timing, compute budgets.
+"""Recurrence against attention: matched sizes, exact FLOP counts, a cached timing.
 
 An LSTM layer and a transformer block (``book.model.Block``) of nearly the same
 parameter count do nearly the same FLOPs per token. What differs is the order
@@ -11,8 +11,8 @@ the work can be done in:
 
 This module counts both exactly, times both (forward + backward, float32 on
 every device: TF32 matmuls on a GPU, as ``device.setup`` sets), and caches the
-timing so that later notebooks reuse it. The last section holds the
-back-of-the-envelope sums of training compute (C = 6ND) and accelerator hours.
+timing so that later notebooks reuse it. Lesson 1.1's sizes, by profile, are
+``book.experiments.ch01_why_scale.recurrence_setup()``.
 
 FLOP conventions, as in ``book.model``: a multiply-add is 2 FLOPs; only matrix
 products are counted (no biases, gate nonlinearities, softmax or norms); the
@@ -34,24 +34,14 @@ import torch
 import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from book import checks, hardware, sweep
 from book import device as _device
-from book import hardware, sweep
 from book.model import Block, GPTConfig
-from book.storage import write_json_atomic
+from book.storage import read_json_checked, write_json_atomic
 
 ARCHITECTURES = ("lstm", "block")
 
 
-def _positive_int(name: str, value) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
-def _architecture(name) -> str:
-    if name not in ARCHITECTURES:
-        raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {name!r}")
-    return name
 
 
 # --------------------------------------------------------------------------- sizes
@@ -62,8 +52,8 @@ def block_config(d_model: int, n_head: int, seq_len: int = 1) -> GPTConfig:
 
     A block does not use the vocabulary; ``vocab_size=1`` only satisfies the config.
     """
-    return GPTConfig(n_layer=1, d_model=_positive_int("d_model", d_model), n_head=_positive_int("n_head", n_head),
-                     n_ctx=_positive_int("seq_len", seq_len), vocab_size=1)
+    return GPTConfig(n_layer=1, d_model=checks.positive_int("d_model", d_model), n_head=checks.positive_int("n_head", n_head),
+                     n_ctx=checks.positive_int("seq_len", seq_len), vocab_size=1)
 
 
 def block_params(d_model: int, bias: bool = True) -> int:
@@ -71,14 +61,14 @@ def block_params(d_model: int, bias: bool = True) -> int:
 
     Attention: 3d^2 (+3d) and d^2 (+d); MLP: 4d^2 (+4d) and 4d^2 (+d); two LayerNorms: 2d (+2d).
     """
-    d = _positive_int("d_model", d_model)
+    d = checks.positive_int("d_model", d_model)
     return 12 * d * d + (13 * d if bias else 2 * d)
 
 
 def lstm_params(input_size: int, hidden_size: int, bias: bool = True) -> int:
     """Exact parameter count of ``nn.LSTM(input_size, hidden_size)`` (one layer):
     4h (input_size + h) weights, plus two bias vectors of 4h (torch keeps b_ih and b_hh)."""
-    d_in, h = _positive_int("input_size", input_size), _positive_int("hidden_size", hidden_size)
+    d_in, h = checks.positive_int("input_size", input_size), checks.positive_int("hidden_size", hidden_size)
     return 4 * h * (d_in + h) + (8 * h if bias else 0)
 
 
@@ -104,7 +94,7 @@ def lstm_flops_per_token(input_size: int, hidden_size: int, training: bool = Fal
     state by W_hh (4h x h): one multiply-add per weight. Left out: the bias adds and
     the gates' sigmoids, tanhs and products (about 10h FLOPs). Training is 3x forward.
     """
-    d_in, h = _positive_int("input_size", input_size), _positive_int("hidden_size", hidden_size)
+    d_in, h = checks.positive_int("input_size", input_size), checks.positive_int("hidden_size", hidden_size)
     forward = 2 * 4 * h * (d_in + h)
     return 3 * forward if training else forward
 
@@ -119,7 +109,7 @@ def block_flops_per_token(d_model: int, seq_len: int, training: bool = False, ca
     count the full n x n products, 4 n d per token: what the unfused "math"
     attention computes and ``torch.utils.flop_counter`` counts. Training is 3x forward.
     """
-    d, n = _positive_int("d_model", d_model), _positive_int("seq_len", seq_len)
+    d, n = checks.positive_int("d_model", d_model), checks.positive_int("seq_len", seq_len)
     attention = 2 * d * (n + 1) if causal else 4 * n * d
     forward = 24 * d * d + attention
     return 3 * forward if training else forward
@@ -132,8 +122,8 @@ def sequential_steps(architecture: str, seq_len: int, n_layer: int = 1) -> int:
     LSTM: ``seq_len`` per layer (step t needs step t-1's state). Block: 1 per layer
     (a fixed chain of matmuls and one attention call, each over all positions at once).
     """
-    _architecture(architecture)
-    n, layers = _positive_int("seq_len", seq_len), _positive_int("n_layer", n_layer)
+    checks.one_of("architecture", architecture, ARCHITECTURES)
+    n, layers = checks.positive_int("seq_len", seq_len), checks.positive_int("n_layer", n_layer)
     return layers * (n if architecture == "lstm" else 1)
 
 
@@ -199,11 +189,11 @@ class Setup:
 
     def __post_init__(self):
         for name in ("d_model", "n_head", "tokens_per_batch"):
-            _positive_int(name, getattr(self, name))
+            checks.positive_int(name, getattr(self, name))
         if self.d_model % self.n_head:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
-        lens = tuple(self.seq_lens)
-        if not lens or any(not isinstance(n, int) or isinstance(n, bool) or n <= 0 for n in lens):
+        lens = tuple(checks.positive_int("seq_lens[i]", n) for n in self.seq_lens)
+        if not lens:
             raise ValueError(f"seq_lens must be a non-empty sequence of positive ints, got {self.seq_lens!r}")
         if list(lens) != sorted(set(lens)):
             raise ValueError(f"seq_lens must be increasing, got {lens}")
@@ -217,19 +207,10 @@ class Setup:
         return matched_lstm_hidden(self.d_model)
 
 
-# Lengths 64 ... 4096 on both profiles; a narrow block on the CPU, a wide one and more tokens on a GPU.
-CPU_SETUP = Setup(d_model=128, n_head=2, tokens_per_batch=4096, seq_lens=tuple(2**k for k in range(6, 13)))
-GPU_SETUP = Setup(d_model=1024, n_head=16, tokens_per_batch=16384, seq_lens=tuple(2**k for k in range(6, 13)))
-
-
-def default_setup() -> Setup:
-    """The lesson's sizes for the current profile: ``CPU_SETUP`` or ``GPU_SETUP``."""
-    return _device.by_profile(cpu=CPU_SETUP, gpu=GPU_SETUP)
-
-
 def build_models(setup: Setup, dev: torch.device, seed: int = 0) -> tuple[Block, nn.LSTM]:
     """A ``Block`` of width d and an ``nn.LSTM`` of matched width h, float32, on ``dev``."""
-    torch.manual_seed(seed)
+    setup = _setup(setup)
+    torch.manual_seed(checks.nonnegative_int("seed", seed))
     block = Block(block_config(setup.d_model, setup.n_head, max(setup.seq_lens))).to(dev)
     lstm = nn.LSTM(setup.hidden, setup.hidden, batch_first=True).to(dev)
     return block, lstm
@@ -253,14 +234,22 @@ def train_step(model: nn.Module, x: torch.Tensor):
     return step
 
 
-def measure(setup: Setup | None = None, dev: torch.device | None = None, min_run_time: float = 0.2) -> dict:
+def _setup(setup) -> Setup:
+    if not isinstance(setup, Setup):
+        raise TypeError(f"setup must be a book.recurrence.Setup (lesson 1.1's: "
+                        f"book.experiments.ch01_why_scale.recurrence_setup()), got {type(setup).__name__}")
+    return setup
+
+
+def measure(setup: Setup, dev: torch.device | None = None, min_run_time: float = 0.2) -> dict:
     """Time forward + backward of the block and the matched LSTM at every length of ``setup``, now.
 
     Also times one matmul of the LSTM's per-step shape (batch x h) @ (h x 4h) at each
     batch, and the block's MLP matmul (tokens x d) @ (d x 4d), to compare with.
     FLOP/s are taken against the machine's measured float32 peak.
     """
-    setup = setup or default_setup()
+    setup = _setup(setup)
+    min_run_time = checks.positive_float("min_run_time", min_run_time)
     dev = dev or _device.device()
     d, h = setup.d_model, setup.hidden
     peak = hardware.measured_peak("float32", dev)
@@ -300,7 +289,7 @@ def measure(setup: Setup | None = None, dev: torch.device | None = None, min_run
 
 def code_version() -> str:
     """A short hash of the code that decides the measurement: this module and the model's."""
-    return sweep.code_version(("parallelism.py", "model.py"))
+    return sweep.code_version(("recurrence.py", "model.py"))
 
 
 def cache_key(setup: Setup, dev: torch.device) -> dict:
@@ -312,23 +301,32 @@ def cache_key(setup: Setup, dev: torch.device) -> dict:
 
 def cache_path(key: dict) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return _device.cache_dir() / f"parallelism-{digest}.json"
+    return _device.cache_dir() / f"recurrence-{digest}.json"
 
 
-def load_or_measure(setup: Setup | None = None, dev: torch.device | None = None, refresh: bool = False,
+def load_or_measure(setup: Setup, dev: torch.device | None = None, refresh: bool = False,
                     min_run_time: float = 0.2) -> dict:
     """The measurement for ``setup`` on ``dev``: from the cache when its key matches, else measured now
-    and cached (written atomically). ``refresh=True`` measures again."""
-    setup = setup or default_setup()
-    if not isinstance(setup, Setup):
-        raise ValueError(f"setup must be a parallelism.Setup, got {type(setup).__name__}")
+    and cached (written atomically). ``refresh=True`` measures again.
+
+    The cache is read as ``book.hardware`` reads the machine's peaks (``book.storage.read_json_checked``):
+    a file that does not parse, or whose key or rows are not this measurement's, is moved aside with a
+    warning and measured again.
+    """
+    setup = _setup(setup)
     dev = dev or _device.device()
     key = cache_key(setup, dev)
     path = cache_path(key)
-    if not refresh and path.exists():
-        cached = json.loads(path.read_text())
-        if cached.get("key") == key:
-            return cached
+
+    def validate(cached) -> None:
+        if cached["key"] != key:
+            raise ValueError("its key is not this measurement's")
+        if [row["seq_len"] for row in cached["rows"]] != list(setup.seq_lens):
+            raise ValueError("its rows are not this setup's lengths")
+
+    cached = None if refresh else read_json_checked(path, validate)
+    if cached is not None:
+        return cached
     result = measure(setup, dev, min_run_time)
     write_json_atomic(path, result)
     return json.loads(path.read_text())

@@ -6,10 +6,10 @@ import torch.nn as nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from book import hardware, parallelism
+from book import hardware, recurrence
 from book.hardware import accelerator_hours, training_flops
 from book.model import Block
-from book.parallelism import (
+from book.recurrence import (
     Setup,
     block_config,
     block_flops_per_token,
@@ -145,7 +145,7 @@ def fake_peak(monkeypatch):
 
 def test_measurement_is_cached_and_reused(book_cache, fake_peak, monkeypatch):
     dev = torch.device("cpu")
-    first = parallelism.load_or_measure(TINY, dev, min_run_time=0.01)
+    first = recurrence.load_or_measure(TINY, dev, min_run_time=0.01)
     assert [row["seq_len"] for row in first["rows"]] == [8, 16]
     assert [row["batch"] for row in first["rows"]] == [4, 2]
     assert first["hidden"] == matched_lstm_hidden(16) and first["peak_flops_per_s"] == 1e11
@@ -153,36 +153,36 @@ def test_measurement_is_cached_and_reused(book_cache, fake_peak, monkeypatch):
         for name in ("block", "lstm"):
             assert row[f"{name}_seconds"] > 0
             assert row[f"{name}_flops_per_s"] == pytest.approx(row[f"{name}_fraction_of_peak"] * 1e11)
-    assert parallelism.cache_path(first["key"]).exists()
+    assert recurrence.cache_path(first["key"]).exists()
 
     def no_measuring(*args, **kwargs):
         raise AssertionError("the cached measurement should have been reused")
 
-    monkeypatch.setattr(parallelism, "measure", no_measuring)
-    assert parallelism.load_or_measure(TINY, dev) == first
+    monkeypatch.setattr(recurrence, "measure", no_measuring)
+    assert recurrence.load_or_measure(TINY, dev) == first
 
 
 def test_measurement_is_redone_when_the_key_differs(book_cache, fake_peak, monkeypatch):
     dev = torch.device("cpu")
-    first = parallelism.load_or_measure(TINY, dev, min_run_time=0.01)
-    path = parallelism.cache_path(first["key"])
+    first = recurrence.load_or_measure(TINY, dev, min_run_time=0.01)
+    path = recurrence.cache_path(first["key"])
     calls = []
-    real_measure = parallelism.measure
-    monkeypatch.setattr(parallelism, "measure", lambda *a, **k: calls.append(a) or real_measure(*a, **k))
+    real_measure = recurrence.measure
+    monkeypatch.setattr(recurrence, "measure", lambda *a, **k: calls.append(a) or real_measure(*a, **k))
 
     other = Setup(d_model=16, n_head=2, tokens_per_batch=32, seq_lens=(8,))
-    assert [row["seq_len"] for row in parallelism.load_or_measure(other, dev, min_run_time=0.01)["rows"]] == [8]
+    assert [row["seq_len"] for row in recurrence.load_or_measure(other, dev, min_run_time=0.01)["rows"]] == [8]
     assert len(calls) == 1  # other sizes: another key, measured
 
     stored = json.loads(path.read_text())
     stored["key"]["code"] = "older-code"  # a file whose key does not match is not trusted
     path.write_text(json.dumps(stored))
-    again = parallelism.load_or_measure(TINY, dev, min_run_time=0.01)
+    again = recurrence.load_or_measure(TINY, dev, min_run_time=0.01)
     assert len(calls) == 2 and again["key"] == first["key"]
     assert json.loads(path.read_text())["key"] == first["key"]
 
-    monkeypatch.setattr(parallelism, "code_version", lambda: "changed")
-    assert parallelism.cache_key(TINY, dev) != first["key"]
+    monkeypatch.setattr(recurrence, "code_version", lambda: "changed")
+    assert recurrence.cache_key(TINY, dev) != first["key"]
 
 
 # --------------------------------------------------------------------------- bad input
@@ -203,11 +203,14 @@ def test_measurement_is_redone_when_the_key_differs(book_cache, fake_peak, monke
     (lambda: kernel_calls(3), "fn"),
     (lambda: Setup(d_model=10, n_head=3, tokens_per_batch=8, seq_lens=(8,)), "divisible"),
     (lambda: Setup(d_model=8, n_head=2, tokens_per_batch=8, seq_lens=()), "seq_lens"),
+    (lambda: Setup(d_model=8, n_head=2, tokens_per_batch=8, seq_lens=(True,)), "seq_lens"),
+    (lambda: recurrence.measure(None), "setup"),
+    (lambda: recurrence.build_models("big", "cpu"), "setup"),
     (lambda: Setup(d_model=8, n_head=2, tokens_per_batch=8, seq_lens=(8, 4)), "increasing"),
     (lambda: Setup(d_model=8, n_head=2, tokens_per_batch=12, seq_lens=(8,)), "multiple"),
     (lambda: Setup(d_model=8, n_head=2, tokens_per_batch=0, seq_lens=(8,)), "tokens_per_batch"),
-    (lambda: parallelism.load_or_measure(setup="big"), "setup"),
-    (lambda: parallelism.train_step(nn.Linear(2, 2), torch.zeros(2)), "require grad"),
+    (lambda: recurrence.load_or_measure(setup="big"), "setup"),
+    (lambda: recurrence.train_step(nn.Linear(2, 2), torch.zeros(2)), "require grad"),
     (lambda: training_flops(0, 1e9), "n_params"),
     (lambda: training_flops(1e9, float("inf")), "n_tokens"),
     (lambda: accelerator_hours(-1.0, 1e12), "flops"),
@@ -216,5 +219,17 @@ def test_measurement_is_redone_when_the_key_differs(book_cache, fake_peak, monke
     (lambda: accelerator_hours(1.0, 1e12, mfu=0), "mfu"),
 ])
 def test_bad_input_raises(call, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((TypeError, ValueError), match=match):
         call()
+
+
+def test_a_corrupt_cached_measurement_is_moved_aside_and_redone(book_cache, fake_peak):
+    from book.storage import CorruptFileWarning
+
+    dev = torch.device("cpu")
+    first = recurrence.load_or_measure(TINY, dev, min_run_time=0.01)
+    path = recurrence.cache_path(first["key"])
+    path.write_text('{"key": "not json')
+    with pytest.warns(CorruptFileWarning, match=path.name):
+        again = recurrence.load_or_measure(TINY, dev, min_run_time=0.01)
+    assert again["key"] == first["key"] and path.with_name(path.name + ".corrupt").exists()
