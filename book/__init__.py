@@ -9,7 +9,6 @@ Ideas:
 - ``attention``  -- exact, tiled (FlashAttention) and approximate attention behind one interface
 - ``attention_triton`` -- a fused FlashAttention forward kernel in Triton, when Triton is there
 - ``moe``        -- routing, load balance, capacity: the mixture-of-experts layer; memory to train and serve
-- ``moe_parallel`` -- the MoE layer's experts spread over processes (torch.distributed)
 - ``deepnets``   -- deep stacks with and without residual paths and normalisation
 - ``recurrence`` -- an LSTM against a transformer block: sizes, FLOPs, a cached timing
 - ``fit``        -- power-law fits and the Chinchilla parametric fit, with one bootstrap
@@ -19,6 +18,13 @@ Ideas:
 - ``delayed_copy`` -- a task that needs long range, with its exact loss floor
 - ``batch``      -- the gradient noise scale and the critical batch size
 - ``memory``     -- where the bytes of a training step go
+- ``recompute``  -- activation checkpointing of the GPT's blocks, every k-th or in segments
+- ``parallel``   -- training on torch.distributed (torchrun): the launcher and the collectives' bytes;
+  ``parallel.data`` (DDP, ZeRO-1, FSDP2), ``parallel.tensor`` (Megatron's column and row layers),
+  ``parallel.pipeline`` (GPipe over micro-batches), ``parallel.expert`` (an MoE's experts over ranks)
+- ``inference``  -- generation with and without a KV cache, its bytes, speculative decoding
+- ``quantize``   -- int8 weight-only quantization, per output channel
+- ``checklist``  -- the checks to run on a small model before scaling it, each with its planted bug
 
 Experiments: ``experiments`` -- one module per chapter, ``chNN_<topic>``: every run, sweep and
 profile-dependent size (the only readers of the ``profile`` knob besides ``device``).

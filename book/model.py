@@ -154,6 +154,29 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: GPT
     raise ValueError(f"attention must be one of {ATTENTIONS}, got {kind!r}")
 
 
+# Attention variants that can run on a KV cache (book.inference.KVCache): the exact ones.
+CACHE_ATTENTIONS = ("sdpa", "naive")
+
+
+def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: GPTConfig) -> torch.Tensor:
+    """Causal attention of t new queries, the last t of the n positions whose keys ``k`` holds (t <= n).
+
+    Query i sits at position n - t + i and sees keys 0 .. n - t + i. ``is_causal`` masks as if the
+    queries started at position 0, right only when t == n; one new token sees every key, no mask.
+    """
+    checks.one_of("attention (with a KV cache)", cfg.attention, CACHE_ATTENTIONS)
+    t, n = q.shape[2], k.shape[2]
+    if t == n:  # nothing cached before these queries: the ordinary causal case
+        return causal_attention(q, k, v, cfg)
+    mask = None if t == 1 else torch.ones(t, n, dtype=torch.bool, device=q.device).tril(n - t)
+    if cfg.attention == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # naive: the scores written out
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(dim=-1) @ v
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig, layer: int = 0):
         super().__init__()
@@ -164,13 +187,17 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache=None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, d_head)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = causal_attention(q, k, v, self.config, dropout=self.dropout if self.training else 0.0,
-                             seed=self.layer)
+        if kv_cache is None:
+            y = causal_attention(q, k, v, self.config, dropout=self.dropout if self.training else 0.0,
+                                 seed=self.layer)
+        else:  # store this step's keys and values; attend over every position cached so far
+            k, v = kv_cache.append(self.layer, k, v)
+            y = cached_attention(q, k, v, self.config)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -197,8 +224,8 @@ class Block(nn.Module):
             self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln_attn(x)))
+    def forward(self, x: torch.Tensor, kv_cache=None) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln_attn(x), kv_cache))
         return x + self.drop(self.mlp(self.ln_mlp(x)))
 
 
@@ -233,23 +260,31 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        """Logits (B, T, V) for token ids ``idx`` (B, T); and the mean cross-entropy if ``targets`` are given."""
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, kv_cache=None):
+        """Logits (B, T, V) for token ids ``idx`` (B, T); and the mean cross-entropy if ``targets`` are given.
+
+        ``kv_cache`` (a ``book.inference.KVCache``): ``idx`` continues the ``kv_cache.length`` tokens
+        cached so far, at positions length .. length + T - 1; each layer appends its keys and values.
+        """
         checks.instance("idx", idx, torch.Tensor)
         _check_idx_shape(idx)
         T = idx.shape[1]
-        if T > self.config.n_ctx:
-            raise ValueError(f"idx has sequence length {T}, more than n_ctx={self.config.n_ctx}")
+        past = 0 if kv_cache is None else kv_cache.length
+        if kv_cache is not None:
+            checks.one_of("attention (with a KV cache)", self.config.attention, CACHE_ATTENTIONS)
+        if past + T > self.config.n_ctx:
+            cached = f" after {past} cached tokens" if kv_cache is not None else ""
+            raise ValueError(f"idx has sequence length {T}{cached}, more than n_ctx={self.config.n_ctx}")
         if targets is not None and (not isinstance(targets, torch.Tensor)
                                     or targets.shape != idx.shape):
             raise ValueError(f"targets must be a tensor of idx's shape {tuple(idx.shape)}, "
                              f"got {getattr(targets, 'shape', targets)!r}")
         # Ids outside the vocabulary fail here, named, not as an IndexError deep in the embedding.
         checks.token_ids(self.config.vocab_size, idx=idx, targets=targets)
-        pos = torch.arange(T, device=idx.device)
+        pos = torch.arange(past, past + T, device=idx.device)
         x = self.drop(self.token_embedding(idx) + self.position_embedding(pos))
         for block in self.blocks:
-            x = block(x)
+            x = block(x, kv_cache)
         logits = self.lm_head(self.ln_final(x))
         if targets is None:
             return logits, None

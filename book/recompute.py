@@ -26,7 +26,10 @@ class Checkpointed(nn.Module):
         super().__init__()
         self.module = module
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache=None) -> torch.Tensor:
+        if kv_cache is not None:  # recomputation is for training; generation needs no saved activations
+            raise ValueError("kv_cache: a checkpointed model does not generate with a KV cache; "
+                             "use the model before book.recompute wrapped it")
         if self.training and torch.is_grad_enabled():
             return checkpoint(self.module, x, use_reentrant=False)
         return self.module(x)

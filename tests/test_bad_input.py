@@ -27,7 +27,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from book import attention, chinchilla, data, deepnets, delayed_copy, device, fit, frontier, hardware, kaplan, measure
-from book import batch, memory, moe, recompute, recurrence, show, sweep
+from book import batch, checklist, inference, memory, moe, parallel, quantize, recompute, recurrence, show, sweep
+from book.parallel import pipeline as pipeline_parallel
+from book.parallel import tensor as tensor_parallel
 from book.experiments import ch01_why_scale, ch02_kaplan, ch03_chinchilla, ch04_moe, ch05_attention
 from book.experiments import ch06_cost_of_scale
 from book.model import ATTENTIONS, GPT, GPTConfig, count_params, flops_per_token, layer_matmuls
@@ -153,6 +155,8 @@ _BAD_SPLIT = st.one_of(tensors(torch.zeros(8), torch.tensor([0, 8]), torch.tenso
                        st.lists(st.integers(0, 7), max_size=3))
 
 # --------------------------------------------------------------------------- INVALID: append rows here
+
+_SMALL_GPT = GPT(GPTConfig(n_layer=1, d_model=8, n_head=2, n_ctx=8, vocab_size=5)).eval()
 
 INVALID: list[Row] = [
     # book.train
@@ -366,6 +370,31 @@ INVALID: list[Row] = [
     Row(lambda k: recompute.checkpoint_every(GPT(GPTConfig(1, 8, 2, 8, 5)), k), dict(k=1), "k", int_below(1, False)),
     Row(lambda length: recompute.checkpoint_segments(GPT(GPTConfig(1, 8, 2, 8, 5)), length), dict(length=1),
         "length", int_below(1, False)),
+    *[Row(fn, dict(n_bytes=1e6, n_ranks=4), "n_bytes", float_outside(0))
+      for fn in (parallel.allreduce_bytes, parallel.reduce_scatter_bytes)],
+    *[Row(fn, dict(n_bytes=1e6, n_ranks=4), "n_ranks", int_below(1, False))
+      for fn in (parallel.allreduce_bytes, parallel.reduce_scatter_bytes)],
+    Row(parallel.pipeline_bubble, dict(n_stages=4, n_microbatches=8), "n_stages", int_below(1, False)),
+    Row(parallel.pipeline_bubble, dict(n_stages=4, n_microbatches=8), "n_microbatches", int_below(1, False)),
+    # chapter 6, part 2: inference, quantization, the checklist, tensor and pipeline parallelism
+    *[Row(inference.kv_cache_bytes, dict(n_layer=2, n_kv_heads=2, d_head=8, n_tokens=16), name, int_below(1, False))
+      for name in ("n_layer", "n_kv_heads", "d_head", "batch_size", "bytes_per_value")],
+    Row(inference.kv_cache_bytes, dict(n_layer=2, n_kv_heads=2, d_head=8, n_tokens=16), "n_tokens",
+        int_below(0, False)),
+    Row(inference.expected_tokens_per_step, dict(alpha=0.5, gamma=4), "alpha", float_outside(0, 1)),
+    Row(inference.expected_tokens_per_step, dict(alpha=0.5, gamma=4), "gamma", int_below(1, False)),
+    Row(lambda gamma: inference.speculative_generate(_SMALL_GPT, _SMALL_GPT, torch.zeros(1, 2, dtype=torch.long),
+                                                     4, gamma), dict(gamma=2), "gamma", int_below(1, False)),
+    Row(lambda max_new_tokens: inference.generate(_SMALL_GPT, torch.zeros(1, 2, dtype=torch.long), max_new_tokens),
+        dict(max_new_tokens=2), "max_new_tokens", int_below(0, False)),
+    Row(quantize.quantize_per_channel, dict(weight=torch.ones(3, 4)), "weight", not_instance_of(torch.Tensor)),
+    Row(checklist.loader_keeps_up, dict(loader_seconds=0.1, step_seconds=1.0), "step_seconds",
+        float_outside(0, low_open=True)),
+    Row(checklist.loader_keeps_up, dict(loader_seconds=0.1, step_seconds=1.0), "loader_seconds", float_outside(0)),
+    Row(checklist.data_balance, dict(n_params=1e6, n_tokens=2e7), "n_params", float_outside(0, low_open=True)),
+    Row(pipeline_parallel.split_layers, dict(n_layer=4, n_stages=2), "n_stages", int_below(1, False)),
+    Row(pipeline_parallel.gpipe_schedule, dict(n_stages=2, n_microbatches=4), "n_microbatches", int_below(1, False)),
+    Row(tensor_parallel.shard, dict(n=8, rank=0, world=2), "world", int_below(1, False)),
 ]
 
 
@@ -423,6 +452,11 @@ FINITE: list[Finite] = [
                                               stage=st.sampled_from(memory.STAGES))),
     Finite(memory.megatron_activation_bytes, dict(seq_len=POSITIVE_INT, batch_size=POSITIVE_INT,
                                                   d_model=POSITIVE_INT, n_head=POSITIVE_INT)),
+    Finite(parallel.allreduce_bytes, dict(n_bytes=st.floats(0, 1e308), n_ranks=POSITIVE_INT)),
+    Finite(parallel.pipeline_bubble, dict(n_stages=POSITIVE_INT, n_microbatches=POSITIVE_INT)),
+    Finite(inference.expected_tokens_per_step, dict(alpha=st.floats(0, 1), gamma=st.integers(1, 10**6))),
+    Finite(inference.kv_cache_bytes, dict(n_layer=POSITIVE_INT, n_kv_heads=POSITIVE_INT, d_head=POSITIVE_INT,
+                                          n_tokens=POSITIVE_INT)),
 ]
 
 

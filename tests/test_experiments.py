@@ -297,3 +297,18 @@ def test_only_device_and_experiments_read_the_profile():
     readers = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
                      if re.search(r"by_profile|profile\(\)", p.read_text()))
     assert all(p == "device.py" or p.startswith("experiments/") for p in readers), readers
+
+
+def test_lesson_groups_split_a_chapter_only_where_its_module_says():
+    from book.experiments import lesson_group
+
+    assert lesson_group("lessons/06_cost_of_scale/7_kv_cache.ipynb") == "06_cost_of_scale/7-8"
+    assert lesson_group("lessons/06_cost_of_scale/8_quantization_speculative.ipynb") == "06_cost_of_scale/7-8"
+    assert lesson_group("lessons/06_cost_of_scale/5_data_parallel.ipynb") == "06_cost_of_scale/5"
+    assert lesson_group("lessons/03_chinchilla/1_isoflop.ipynb") == "03_chinchilla"  # no groups: one worker
+    assert lesson_group("tiny/00_dry_run/a.ipynb") == "00_dry_run"
+    # every sweep a chapter trains belongs to one group at most
+    from book.experiments import CHAPTERS
+    for chapter in CHAPTERS:
+        named = [s for sweeps in getattr(chapter, "LESSON_GROUPS", {}).values() for s in sweeps]
+        assert len(named) == len(set(named)), chapter.__name__

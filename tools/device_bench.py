@@ -237,16 +237,18 @@ def bench(cache: Path, out: Path, tiny: bool) -> int:
 # ---------------------------------------------------------------- lessons at the GPU profile
 
 
-def _chapter_of(path: str) -> str:
-    parts = Path(path).parts
-    return parts[-2] if len(parts) >= 2 else path
+def _group_of(path: str) -> str:
+    """A chapter's lessons run in order in one worker, or a group of them (book.experiments.LESSON_GROUPS)."""
+    from book.experiments import lesson_group
+
+    return lesson_group(path)
 
 
 def run_lessons(paths: list[str], cache: Path, log: Path, jobs: int, deadline_s: float) -> int:
-    """Run ``paths`` (notebooks) at the GPU profile, one chapter per worker process, until the deadline."""
+    """Run ``paths`` (notebooks) at the GPU profile, one chapter (or lesson group) per worker, until the deadline."""
     groups = defaultdict(list)
     for path in paths:
-        groups[_chapter_of(path)].append(path)
+        groups[_group_of(path)].append(path)
     queue = sorted(groups.values(), key=len, reverse=True)  # a chapter's lessons in order, in one worker
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")

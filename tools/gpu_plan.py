@@ -245,6 +245,27 @@ def notebooks(folder: str, chapter: int | None = None, root: Path = ROOT) -> lis
                   if ".ipynb_checkpoints" not in p.parts)
 
 
+def group_loads(module, lessons: list[str], runs: list[RunPlan], cpu_notebooks: dict[str, float]) -> list[float]:
+    """Seconds of each group of a chapter's lessons that one worker runs (book.experiments.lesson_group):
+    its lessons' non-training time plus the sweeps it trains; sweeps no group names go to the first."""
+    from book.experiments import lesson_group
+
+    groups: dict[str, list[str]] = {}
+    for path in lessons:
+        groups.setdefault(lesson_group(path), []).append(path)
+    folder = Path(lessons[0]).parent.name if lessons else ""
+    trained_by = {sweep: f"{folder}/{'-'.join(map(str, numbers))}"
+                  for numbers, sweeps in getattr(module, "LESSON_GROUPS", {}).items() for sweep in sweeps}
+    first = next(iter(groups), None)
+    loads = {key: sum(NOTEBOOK_START_S + LESSON_NONTRAIN_FRACTION * cpu_seconds(p, cpu_notebooks)
+                      for p in paths) for key, paths in groups.items()}
+    for run in runs:
+        key = trained_by.get(run.sweep) if trained_by.get(run.sweep) in loads else first
+        if key is not None:
+            loads[key] += run.seconds
+    return list(loads.values())
+
+
 def _lpt(loads: list[float], workers: int) -> float:
     """Makespan of the loads on ``workers``, longest first to the least loaded (the scheduler's order)."""
     bins = [0.0] * max(1, workers)
@@ -321,13 +342,13 @@ def make_plan(chapters=None, benchmarks: Path = ROOT / "BENCHMARKS.md", root: Pa
         nontrain = sum(NOTEBOOK_START_S + LESSON_NONTRAIN_FRACTION * cpu_seconds(p, cpu_notebooks)
                        for p in lessons)
         train = sum(r.seconds for r in chapter_runs)
+        chapter_loads += group_loads(module, lessons, chapter_runs, cpu_notebooks)
         gpu_max = max(count_params(r.model, embedding=False) for rs in gpu.values() for r in rs)
         cpu_max = max((count_params(r.model, embedding=False) for rs in cpu.values() for r in rs), default=0)
         rows.append({"chapter": number, "lessons": lessons, "sweeps": sorted(gpu), "runs": len(chapter_runs),
                      "flops": sum(r.flops for r in chapter_runs), "train_s": train, "lessons_s": nontrain,
                      "gpu_max_params": gpu_max, "cpu_max_params": cpu_max,
                      "ratio": gpu_max / cpu_max if cpu_max else float("inf")})
-        chapter_loads.append(nontrain + train)
     experiments_s = max(_lpt(chapter_loads, jobs), sum(r.gpu_seconds for r in runs))
     bench_s, bench_detail = bench_seconds()
 

@@ -46,3 +46,27 @@ def planned_runs() -> dict[str, list]:
         if hasattr(chapter, "planned_runs"):
             out.update(chapter.planned_runs())
     return out
+
+
+def _chapter_module(folder: str):
+    match = re.match(r"(\d\d)_", folder)
+    if not match:
+        return None
+    return next((m for m in CHAPTERS if m.__name__.rsplit(".", 1)[-1].startswith(f"ch{match[1]}_")), None)
+
+
+def lesson_group(path: str) -> str:
+    """The group a lesson notebook runs in when lessons run in parallel: its chapter folder by default.
+
+    A chapter module may define ``LESSON_GROUPS``: {lesson numbers: sweeps they train}, for lessons that
+    share no cached sweep with the rest of their chapter; each group may then run in its own worker
+    (``tools/device_bench.py``), and ``tools/gpu_plan.py`` charges each group its own sweeps.
+    """
+    parts = re.split(r"[\\/]", str(path))
+    folder, stem = (parts[-2], parts[-1]) if len(parts) >= 2 else (str(path), "")
+    module = _chapter_module(folder)
+    number = re.match(r"(\d+)_", stem)
+    for lessons in getattr(module, "LESSON_GROUPS", {}):
+        if number and int(number[1]) in lessons:
+            return f"{folder}/{'-'.join(map(str, lessons))}"
+    return folder

@@ -176,3 +176,8 @@ def planned_runs() -> dict[str, list[Run]]:
         DATA_SWEEP: [run for _, runs in data_sweep(vocab) for run in runs],
         SHAPE_SWEEP: shape_sweep(vocab),
     }
+
+
+# Lessons, by number, that share cached sweeps, and the sweeps each group trains (book.experiments.lesson_group):
+# the shape sweep is lesson 5's alone; the model-size sweep, named by profile, goes with the first group.
+LESSON_GROUPS = {(1, 2, 3, 4, 6): (DATA_SWEEP,), (5,): (SHAPE_SWEEP,)}

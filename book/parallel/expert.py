@@ -16,17 +16,14 @@ The exchange is differentiable: the gradient of an all-to-all is the all-to-all 
 
 Check it against the single-process layer, on CPU (gloo) or one GPU per process (NCCL):
 
-    torchrun --nproc_per_node=2 -m book.moe_parallel
+    torchrun --nproc_per_node=2 -m book.parallel.expert
 
-or from Python with ``launch()``, which does the same in a subprocess.
+or from Python with ``book.parallel.launch("book.parallel.expert", 2)``, which does the same in a subprocess.
 """
 
 from __future__ import annotations
 
 import copy
-import os
-import socket
-import subprocess
 import sys
 
 import torch
@@ -34,7 +31,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from book.device import REPO_ROOT
+from book import parallel
 from book.moe import Experts, MoE, load_balancing_loss, top_k_gating
 
 
@@ -133,16 +130,8 @@ class ExpertParallelMoE(nn.Module):
 
 def main() -> int:
     """Same MoE and batch on every rank (one seed); each rank runs its share; compare with one process."""
-    if "RANK" not in os.environ:
-        print("run me with: torchrun --nproc_per_node=2 -m book.moe_parallel", file=sys.stderr)
-        return 2
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend)
-    rank, world = dist.get_rank(), dist.get_world_size()
-    device = torch.device("cpu")
-    if backend == "nccl":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
+    rank, world, device = parallel.init()
+    backend = dist.get_backend()
 
     torch.manual_seed(0)
     moe = MoE(d_model=16, d_ff=32, n_experts=2 * world, k=2).to(device)
@@ -187,30 +176,6 @@ def main() -> int:
               f"k={moe.k}: {what} the single-process MoE", flush=True)
     dist.destroy_process_group()
     return 0 if n_failed.item() == 0 else 1
-
-
-def launch(nproc: int = 2, cpu: bool | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
-    """Run ``main`` as ``nproc`` processes with ``torchrun`` on this machine; returns the finished subprocess.
-
-    ``cpu=None`` uses NCCL when there is a GPU per process and gloo on the CPU otherwise;
-    ``cpu=True`` forces gloo on the CPU. The check passed if ``"PASS"`` is in the stdout.
-    """
-    if not isinstance(nproc, int) or isinstance(nproc, bool) or nproc < 2:
-        raise ValueError(f"nproc must be an int >= 2, got {nproc!r}")
-    if cpu is not None and not isinstance(cpu, bool):
-        raise ValueError(f"cpu must be None, True or False, got {cpu!r}")
-    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    with socket.socket() as s:  # a free port for the rendezvous
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if cpu or torch.cuda.device_count() < nproc:
-        env["CUDA_VISIBLE_DEVICES"] = ""  # NCCL needs a GPU per process; otherwise gloo on the CPU
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-               "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "book.moe_parallel"]
-    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 if __name__ == "__main__":
