@@ -78,7 +78,12 @@ def run_notebook(nb: nbformat.NotebookNode, cwd: Path, allow_errors: bool = Fals
         record_timing=False,  # timestamps in cell metadata would make every commit a diff
         resources={"metadata": {"path": str(cwd)}},
     )
-    client.execute(env=env if env is not None else kernel_env())
+    try:
+        client.execute(env=env if env is not None else kernel_env())
+    finally:
+        # nbclient shuts down only a kernel it started itself; this one is ours (each idles at ~0.5 GB)
+        if manager.has_kernel:
+            manager.shutdown_kernel(now=True)
     return nb
 
 
