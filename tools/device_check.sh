@@ -39,7 +39,7 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"   # the course, for every k
 exec > >(tee -a "$OUT/device_check.log") 2>&1
 
 BUDGET_S=${DEVICE_CHECK_BUDGET_S:-470}   # of the 480 s (8 min) the command may take
-JOBS=${DEVICE_CHECK_JOBS:-6}             # chapters of GPU-profile lessons at once
+JOBS=${DEVICE_CHECK_JOBS:-8}             # lesson groups (chapters, or LESSON_GROUPS) of GPU-profile lessons at once
 NBVAL_JOBS=${DEVICE_CHECK_NBVAL_JOBS:-12}
 # Each stage's cap, and what it must leave for the stages after it (their shortest useful run).
 BENCH_CAP=60; BENCH_LEAVE=150; EXP_CAP=300; EXP_LEAVE=110; NBVAL_CAP=240; NBVAL_LEAVE=15

@@ -31,8 +31,9 @@ The time model (every constant below says where it comes from):
   FLOPs per token), timed the same way. Per run: 0.5 s (model, optimizer, first-call kernel
   selection, the result file).
 - Lessons: the GPU-profile experiments run as their chapters' lessons, at ``BOOK_PROFILE=gpu``,
-  one chapter per worker (a chapter's lessons share its sweeps through the cache), ``JOBS``
-  workers. A lesson's non-training work is taken as half its measured CPU time in
+  one chapter per worker (a chapter's lessons share its sweeps through the cache), or one group
+  of its lessons per worker where the chapter's module declares ``LESSON_GROUPS`` (groups that
+  share no sweep; each is charged the sweeps it trains), ``JOBS`` workers. A lesson's non-training work is taken as half its measured CPU time in
   BENCHMARKS.md (about half of a CPU lesson's time is its own training: lesson 2.3 trains 46 of
   its 62 s), plus ``NOTEBOOK_START_S`` to start a kernel and CUDA. Workers overlap where they
   wait on the host (launch-bound steps, lesson code), not where they fill the GPU: the stage
@@ -82,7 +83,7 @@ NOTEBOOK_START_S = 6.0  # a fresh kernel: Python, torch, CUDA context, matplotli
 LESSON_NONTRAIN_FRACTION = 0.5
 # A notebook BENCHMARKS.md has not timed yet: the budget the team sets for a new chapter's pages.
 UNMEASURED_S = {"lessons": 35.0, "solutions": 10.0}
-JOBS = 6  # GPU-profile chapters run at once (device_check.sh --jobs), of the device's 16 cores
+JOBS = 8  # GPU-profile lesson groups run at once (device_check.sh --jobs), of the device's 16 cores
 NBVAL_JOBS = 12  # pytest-xdist workers for the CUDA nbval pass
 LIMIT_S = 7 * 60
 # Stages that are not experiments, in seconds: measured on no device yet, so estimates.

@@ -91,3 +91,8 @@ def planned_runs() -> dict[str, list[Run]]:
 
     vocab = shakespeare().vocab_size
     return {BALANCE_SWEEP: balance_runs(vocab), SCALING_SWEEP: scaling_runs(vocab)}
+
+
+# Lessons, by number, that share cached sweeps, and the sweeps each group trains (book.experiments.lesson_group):
+# lesson 5 reads lesson 3's trained models; lesson 4's scaling sweep is its own.
+LESSON_GROUPS = {(1, 2, 3, 5): (BALANCE_SWEEP,), (4,): (SCALING_SWEEP,)}
