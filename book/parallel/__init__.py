@@ -10,7 +10,7 @@ One file per method (picotron's layout), each runnable under ``torchrun``:
 This module holds what they share: ``launch`` (run a function or module as ``n_procs``
 processes with ``torchrun`` on 127.0.0.1: gloo on the CPU, NCCL with one GPU per process),
 ``init`` (the process group, inside a rank), ``report`` (rank 0 hands a JSON result back to
-the launcher), and the collectives' byte counts that lessons compare measurements with.
+the launcher), ``finish`` (the verdict line and the exit status), and the collectives' byte counts that lessons compare measurements with.
 """
 
 from __future__ import annotations
@@ -103,6 +103,14 @@ def report(result) -> None:
         Path(path).write_text(text)
     else:
         print(text, flush=True)
+
+
+def finish(passed: bool, what: str) -> int:
+    """End a rank's check: rank 0 prints ``PASS: what`` or ``FAIL: what``; leave the group; the exit status."""
+    if dist.get_rank() == 0:
+        print(f"{'PASS' if passed else 'FAIL'}: {what}", flush=True)
+    dist.destroy_process_group()
+    return 0 if passed else 1
 
 
 # --------------------------------------------------------------------------- the launcher

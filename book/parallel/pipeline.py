@@ -198,11 +198,8 @@ def main(n_layer: str = "4", d_model: str = "64", n_head: str = "4", n_ctx: str 
                            "idle": [1 - u[m][best] / w[m][best] for u, w in everyone]}
     parallel.report({"world": world, "backend": dist.get_backend(), **sizes, "counts": ms, "passed": passed,
                      "stages": [list(r) for r in split_layers(cfg.n_layer, world)], "timings": timings})
-    if rank == 0:
-        print(f"{'PASS' if passed else 'FAIL'}: GPipe over {world} stages ({dist.get_backend()}): loss and "
-              f"gradients against one process", flush=True)
-    dist.destroy_process_group()
-    return 0 if passed else 1
+    return parallel.finish(passed, f"GPipe over {world} stages ({dist.get_backend()}): loss and "
+                                   "gradients against one process")
 
 
 if __name__ == "__main__":

@@ -232,7 +232,7 @@ def main(batch: str = "2", seq: str = "16", d_model: str = "64", n_head: str = "
     """
     b, s, h, a = (checks.positive_int(name, int(v)) for name, v in
                   (("batch", batch), ("seq", seq), ("d_model", d_model), ("n_head", n_head)))
-    rank, world, device = parallel.init()
+    _, world, device = parallel.init()
     cfg = GPTConfig(n_layer=1, d_model=h, n_head=a, n_ctx=s, vocab_size=2)
     torch.manual_seed(0)
     block = Block(cfg).to(device)
@@ -254,11 +254,8 @@ def main(batch: str = "2", seq: str = "16", d_model: str = "64", n_head: str = "
     passed = n_failed.item() == 0
     parallel.report({"world": world, "backend": dist.get_backend(), "batch": b, "seq": s, "d_model": h,
                      "n_head": a, "verdicts": verdicts, "log": log, "passed": passed})
-    if rank == 0:
-        print(f"{'PASS' if passed else 'FAIL'}: tensor-parallel MLP, attention and block over {world} ranks "
-              f"({dist.get_backend()}) against the full ones", flush=True)
-    dist.destroy_process_group()
-    return 0 if passed else 1
+    return parallel.finish(passed, f"tensor-parallel MLP, attention and block over {world} ranks "
+                                   f"({dist.get_backend()}) against the full ones")
 
 
 if __name__ == "__main__":
